@@ -1,0 +1,5 @@
+"""``python -m dataeng`` (also what ``torchrun -m dataeng`` runs)."""
+
+from dataeng.cli import app
+
+app()

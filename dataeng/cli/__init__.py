@@ -1,0 +1,8 @@
+"""Command line: ``dataeng COMMAND``. Each module registers one command group on ``app``."""
+
+from __future__ import annotations
+
+from dataeng.cli import workspace as _workspace  # noqa: F401  (registers commands)
+from dataeng.cli.app import app
+
+__all__ = ["app"]

@@ -1,0 +1,65 @@
+"""The typer app and what every command shares: workspace lookup, error mapping, output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from dataeng.errors import DataEngError, NothingToDoError
+
+app = typer.Typer(
+    name="dataeng",
+    help="Grow a portrait segmentation dataset: ingest, train, pseudo-label, review, report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+export_app = typer.Typer(help="Send labels or models out of dataeng.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+review_app = typer.Typer(help="Annotator loop: export masks to Labelme/CVAT and import corrections.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (default: $DATAENG_WORKSPACE or search upward)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn expected errors into one red line and exit 1 (exit 0 when there was nothing to do)."""
+    try:
+        yield
+    except NothingToDoError as e:
+        err_console.print(f"[yellow]{e}[/yellow]")
+        raise typer.Exit(0) from None
+    except DataEngError as e:
+        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def open_workspace(workspace: Path | None) -> Any:
+    """Open the workspace, telling the user when its registry was migrated."""
+    from dataeng.workspace import Workspace
+
+    def _said(before: str | None, after: str) -> None:
+        err_console.print(f"[cyan]registry upgraded from schema {before} to {after}[/cyan]")
+
+    return Workspace.open(workspace, on_migrate=_said)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,163 @@
+"""Workspace commands: init, ingest, status, doctor, synth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dataeng.cli.app import (
+    JsonOption,
+    WorkspaceOption,
+    app,
+    cli_errors,
+    console,
+    open_workspace,
+    print_json,
+)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to make the workspace in (created if needed).")],
+    classes: Annotated[str, typer.Option(help="Comma-separated class names, in mask index order (1..N).")] = "person",
+) -> None:
+    """Create a workspace: dataeng.toml, an empty registry and the store folders."""
+    from dataeng.config import Config
+    from dataeng.errors import ConfigError
+    from dataeng.workspace import Workspace
+
+    with cli_errors():
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        try:
+            config = Config(classes=names)
+        except ValueError as e:
+            raise ConfigError(str(e).splitlines()[-1], field="classes", value=classes) from e
+        ws = Workspace.init(directory, config)
+        console.print(f"created workspace [bold]{ws.root}[/bold] (classes: {', '.join(names)})")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or glob patterns.")],
+    workspace: WorkspaceOption = None,
+    workers: Annotated[int | None, typer.Option(help="Processes for decoding (default: one per core).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first refused input.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Register images: dedup by sha256, near-duplicate groups by pHash, stable 7:2:1 splits."""
+    from dataeng.engine.ingest import ingest as run_ingest
+    from dataeng.progress import NullProgress, rich_progress
+
+    with cli_errors():
+        ws = open_workspace(workspace)
+        with ws.session() as session:
+            if json_out:
+                summary = run_ingest(session, ws, paths, workers=workers, strict=strict, progress=NullProgress())
+            else:
+                with rich_progress("img") as progress:
+                    summary = run_ingest(session, ws, paths, workers=workers, strict=strict, progress=progress)
+        if json_out:
+            print_json(summary.to_dict())
+            return
+        table = Table(title=f"ingest batch {summary.batch_id}", show_header=False)
+        for key in ("scanned", "added", "duplicates", "near_duplicates", "refused"):
+            table.add_row(key.replace("_", "-"), str(getattr(summary, key)))
+        for split, n in summary.per_split.items():
+            table.add_row(f"added to {split}", str(n))
+        console.print(table)
+        for line in summary.problems[:20]:
+            console.print(f"[yellow]refused[/yellow] {line}", soft_wrap=True)
+        if len(summary.problems) > 20:
+            console.print(f"... and {len(summary.problems) - 20} more (see `dataeng status`)")
+
+
+@app.command()
+def status(workspace: WorkspaceOption = None, json_out: JsonOption = False) -> None:
+    """Counts by split, labels by origin and status, refused inputs, last runs and open reviews."""
+    from dataeng.db.queries import status as query_status
+
+    with cli_errors():
+        ws = open_workspace(workspace)
+        with ws.session() as session:
+            data = query_status(session)
+        if json_out:
+            print_json(data)
+            return
+        t = Table(title=f"workspace {ws.root}")
+        t.add_column("split")
+        t.add_column("images", justify="right")
+        t.add_column("labelled", justify="right")
+        for split, n in data["images"].items():
+            t.add_row(split, str(n), str(data["labelled"][split]))
+        t.add_row("all", str(sum(data["images"].values())), str(sum(data["labelled"].values())), style="bold")
+        console.print(t)
+        if data["labels"]:
+            lt = Table(title="labels")
+            lt.add_column("origin")
+            lt.add_column("status")
+            lt.add_column("n", justify="right")
+            for origin, by_status in sorted(data["labels"].items()):
+                for st, n in sorted(by_status.items()):
+                    lt.add_row(origin, st, str(n))
+            console.print(lt)
+        if data["problems"]:
+            console.print("refused inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(data["problems"].items())))
+        for run in data["runs"]:
+            console.print(f"run {run['id']} {run['kind']} {run['status']} {run['metrics']}")
+        for review in data["open_reviews"]:
+            console.print(
+                f"open review {review['id']}: {review['exported']} exported, "
+                f"{review['imported']} back, {review['out_dir']}"
+            )
+
+
+@app.command()
+def doctor(
+    workspace: WorkspaceOption = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Remove orphan files.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Skip re-hashing image files.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Check every row's files exist with the right hash; find (and with --fix remove) orphans."""
+    from dataeng.engine.doctor import doctor as run_doctor
+
+    with cli_errors():
+        ws = open_workspace(workspace)
+        with ws.session() as session:
+            report = run_doctor(session, ws, fix=fix, verify_hashes=not quick)
+        if json_out:
+            print_json(report.to_dict())
+        else:
+            console.print(f"checked {report.images_checked} images, {report.labels_checked} labels")
+            for line in report.missing:
+                console.print(f"[red]missing[/red] {line}")
+            for line in report.corrupt:
+                console.print(f"[red]changed[/red] {line}")
+            for line in report.orphans:
+                console.print(f"[yellow]{'removed' if line in report.removed else 'orphan'}[/yellow] {line}")
+            console.print("[green]healthy[/green]" if report.healthy else "[red]problems found[/red]")
+        if report.missing or report.corrupt:
+            raise typer.Exit(1)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", help="Labelled images.")] = 100,
+    unlabeled: Annotated[int, typer.Option("--unlabeled", help="Unlabelled images.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    min_size: Annotated[int, typer.Option(help="Smallest image side.")] = 64,
+    max_size: Annotated[int, typer.Option(help="Largest image side.")] = 512,
+) -> None:
+    """Generate synthetic portraits: images, class-index masks, alpha mattes, Labelme JSON."""
+    from dataeng.engine.synth import generate
+    from dataeng.progress import rich_progress
+
+    with cli_errors(), rich_progress("img") as progress:
+        progress.task("synthesising", n + unlabeled)
+        summary = generate(out, n=n, unlabeled=unlabeled, seed=seed, size_range=(min_size, max_size),
+                           progress=lambda k: progress.advance(k))
+    console.print(f"wrote {summary} to {out}")

@@ -1,0 +1,199 @@
+"""Typed configuration: the pydantic models of ``dataeng.toml``.
+
+Every section forbids unknown keys, so a typo is refused with the key named instead of
+silently ignored. The resolved config is stored with each run.
+
+Example::
+
+    config = load_config(Path("ws/dataeng.toml"))
+    config.classes          # ["person"]
+    config.train.epochs     # 20
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dataeng.errors import ConfigError
+
+CONFIG_FILE = "dataeng.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Section):
+    """How images are assigned to train/val/test."""
+
+    ratios: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    salt: str = Field(default="", description="mixed into the split hash; change it only before the first ingest")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must be >= 0 and sum to 1, got {list(v)}")
+        return v
+
+
+class IngestConfig(_Section):
+    """Ingest behaviour: near-duplicate radius, workers, link mode."""
+
+    near_duplicate_distance: int = Field(default=8, ge=0, le=16)
+    workers: int = Field(default=0, ge=0, description="0 = one per CPU core")
+    link: Literal["hardlink", "copy"] = "hardlink"
+    max_image_pixels: int = Field(default=178_956_970, ge=1, description="PIL's decompression-bomb limit")
+
+
+class TrainConfig(_Section):
+    """Model and training defaults; every field can be overridden on the command line."""
+
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str = "none"
+    image_size: tuple[int, int] = (256, 256)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    loss: Literal["segmentation", "matting"] = "segmentation"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    num_workers: int = Field(default=2, ge=0)
+    seed: int = 0
+    strong_augment: bool = False
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if any(s <= 0 or s % 32 for s in v):
+            raise ValueError(f"image_size must be positive multiples of 32, got {list(v)}")
+        return v
+
+
+class AcceptConfig(_Section):
+    """An image's pseudo-label is accepted when all three scores pass."""
+
+    min_confident_fraction: float = Field(default=0.9, ge=0, le=1)
+    min_mean_confidence: float = Field(default=0.9, ge=0, le=1)
+    min_stability: float = Field(default=0.9, ge=0, le=1)
+
+
+class PseudolabelConfig(_Section):
+    """Teacher inference and confidence filtering."""
+
+    pixel_threshold: float = Field(default=0.95, gt=0, le=1)
+    tta: Literal["flip", "none"] = "flip"
+    stability_delta: float = Field(default=0.1, gt=0, lt=0.5)
+    batch_size: int = Field(default=8, ge=1)
+    accept: AcceptConfig = AcceptConfig()
+
+
+class Config(_Section):
+    """The whole of ``dataeng.toml``."""
+
+    classes: list[str] = ["person"]
+    aliases: dict[str, str] = {}
+    db_url: str | None = None
+    split: SplitConfig = SplitConfig()
+    ingest: IngestConfig = IngestConfig()
+    train: TrainConfig = TrainConfig()
+    pseudolabel: PseudolabelConfig = PseudolabelConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_valid(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one class is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"class names must be unique, got {v}")
+        if len(v) > 254:
+            raise ValueError("at most 254 classes fit a uint8 mask")
+        if any(not c.strip() for c in v):
+            raise ValueError("class names must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _aliases_target_classes(self) -> Config:
+        for alias, target in self.aliases.items():
+            if target not in self.classes:
+                raise ValueError(f"alias {alias!r} points at {target!r}, which is not in classes {self.classes}")
+        return self
+
+
+def parse_config(data: dict[str, Any], source: str = CONFIG_FILE) -> Config:
+    """Validate a parsed TOML mapping.
+
+    Raises:
+        ConfigError: naming the file, the key path and the value of the first problem.
+    """
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError("unknown key", path=source, field=field) from e
+        raise ConfigError(err["msg"], path=source, field=field or None, value=err.get("input")) from e
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``dataeng.toml``.
+
+    Raises:
+        ConfigError: file missing, not TOML, or invalid.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError("config file not found", path=path) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path=path) from e
+    return parse_config(data, str(path))
+
+
+def render_config(config: Config) -> str:
+    """Write a config as TOML (only the values that differ from nothing: all of them, commented)."""
+    d = config.model_dump(mode="json", exclude_none=True)
+    lines = ["# dataeng workspace configuration; unknown keys are refused.", ""]
+    top = {k: v for k, v in d.items() if not isinstance(v, dict) or k == "aliases"}
+    for key, value in top.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for section, body in d.items():
+        if isinstance(body, dict) and section != "aliases":
+            lines += _toml_table(section, body)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_table(name: str, body: dict[str, Any]) -> list[str]:
+    out = ["", f"[{name}]"]
+    nested = []
+    for key, value in body.items():
+        if isinstance(value, dict):
+            nested.append((f"{name}.{key}", value))
+        else:
+            out.append(f"{key} = {_toml_value(value)}")
+    for sub, sub_body in nested:
+        out += _toml_table(sub, sub_body)
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot render {value!r} as TOML")

@@ -1,0 +1,175 @@
+"""The registry's tables (SQLAlchemy 2.0 typed declarative).
+
+Invariants enforced here rather than in code where SQL can hold them:
+- ``images.sha256`` is unique (exact duplicates are recorded once);
+- an image has at most one ``active`` label (a partial unique index);
+- labels, runs and problems reference their batch/run/image by foreign key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Split = Literal["train", "val", "test"]
+Origin = Literal["human", "pseudo"]
+LabelSource = Literal["labelme", "cvat", "coco", "supervisely", "mask", "alpha", "review", "teacher"]
+LabelStatus = Literal["active", "superseded", "needs_review", "rejected"]
+RunKind = Literal["train", "pseudolabel", "evaluate"]
+RunStatus = Literal["running", "finished", "failed"]
+
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the registry uses."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Batch(Base):
+    """One ingest, import or review-import call."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    summary: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Image(Base):
+    """A registered image, stored once by content."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    source_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    phash: Mapped[int] = mapped_column(BigInteger)
+    ph0: Mapped[int] = mapped_column(Integer, index=True)
+    ph1: Mapped[int] = mapped_column(Integer, index=True)
+    ph2: Mapped[int] = mapped_column(Integer, index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    store_path: Mapped[str] = mapped_column(Text)
+    original_path: Mapped[str] = mapped_column(Text)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), index=True, default=None)
+    split: Mapped[str] = mapped_column(String(8))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_images_split", "split"),)
+
+
+class Run(Base):
+    """A training, pseudo-labelling or evaluation run."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    round: Mapped[int | None] = mapped_column(Integer, default=None)
+    teacher_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    code_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text, default=None)
+    device: Mapped[str | None] = mapped_column(String(32), default=None)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (Index("ix_runs_kind_status", "kind", "status"),)
+
+
+class Label(Base):
+    """A class-index mask for one image, with its provenance."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    origin: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(16))
+    mask_path: Mapped[str] = mapped_column(Text)
+    alpha_path: Mapped[str | None] = mapped_column(Text, default=None)
+    conf_path: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
+    round: Mapped[int | None] = mapped_column(Integer, default=None)
+    mean_confidence: Mapped[float | None] = mapped_column(Float, default=None)
+    confident_fraction: Mapped[float | None] = mapped_column(Float, default=None)
+    stability: Mapped[float | None] = mapped_column(Float, default=None)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), default=None)
+    edit_iou: Mapped[float | None] = mapped_column(Float, default=None)
+    annotation_path: Mapped[str | None] = mapped_column(Text, default=None)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_labels_image", "image_id"),
+        Index("ix_labels_origin_status", "origin", "status"),
+        Index(
+            "uq_labels_one_active",
+            "image_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class Problem(Base):
+    """An input that was refused, with a one-line reason naming file, field and value."""
+
+    __tablename__ = "problems"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True, default=None)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    field: Mapped[str | None] = mapped_column(Text, default=None)
+    value: Mapped[str | None] = mapped_column(Text, default=None)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Review(Base):
+    """One export of masks to annotators, and what came back."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))
+    out_dir: Mapped[str] = mapped_column(Text)
+    items: Mapped[list[Any]] = mapped_column(default=list)
+    exported: Mapped[int] = mapped_column(Integer, default=0)
+    imported: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    imported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -1,0 +1,104 @@
+"""Check that the registry and the store agree, and clean up after crashes.
+
+Every row's files must exist (and images must still have their sha256); every file
+under ``store/`` must belong to a row. Files with no row are orphans, left by a crash
+between the file write and the row commit; ``fix=True`` removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dataeng.db.schema import Image, Label
+from dataeng.progress import NullProgress, Progress
+from dataeng.workspace import Workspace
+
+
+@dataclass
+class DoctorReport:
+    """What ``dataeng doctor`` found (and removed, with ``fix``)."""
+
+    images_checked: int = 0
+    labels_checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.missing or self.corrupt or (set(self.orphans) - set(self.removed)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images_checked": self.images_checked,
+            "labels_checked": self.labels_checked,
+            "missing": self.missing,
+            "corrupt": self.corrupt,
+            "orphans": self.orphans,
+            "removed": self.removed,
+            "healthy": self.healthy,
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def doctor(
+    session: Session,
+    workspace: Workspace,
+    *,
+    fix: bool = False,
+    verify_hashes: bool = True,
+    progress: Progress | None = None,
+) -> DoctorReport:
+    """Check every row's files and find orphan files under ``store/``.
+
+    Args:
+        fix: remove orphan files (never touches a file a row points at).
+        verify_hashes: re-hash every image file (slow on big stores, the default).
+    """
+    progress = progress or NullProgress()
+    report = DoctorReport()
+    referenced: set[str] = set()
+    images = session.execute(select(Image.id, Image.sha256, Image.store_path)).all()
+    progress.task("checking images", len(images))
+    for image_id, sha, rel in images:
+        referenced.add(rel)
+        path = workspace.root / rel
+        report.images_checked += 1
+        if not path.is_file():
+            report.missing.append(f"image {image_id}: {rel}")
+        elif verify_hashes and _sha256(path) != sha:
+            report.corrupt.append(f"image {image_id}: {rel} no longer has sha256 {sha[:12]}...")
+        progress.advance()
+    for label_id, *paths in session.execute(select(Label.id, Label.mask_path, Label.alpha_path, Label.conf_path)):
+        report.labels_checked += 1
+        for rel in paths:
+            if rel is None:
+                continue
+            referenced.add(rel)
+            if not (workspace.root / rel).is_file():
+                report.missing.append(f"label {label_id}: {rel}")
+
+    store = workspace.store
+    if store.is_dir():
+        for path in sorted(p for p in store.rglob("*") if p.is_file()):
+            rel = path.relative_to(workspace.root).as_posix()
+            if rel not in referenced:
+                report.orphans.append(rel)
+                if fix:
+                    path.unlink()
+                    report.removed.append(rel)
+    return report

@@ -1,0 +1,267 @@
+"""Register images (and, through the annotation formats, their labels).
+
+Two phases:
+1. In a process pool, each file is read, hashed, fully decoded, pHashed and placed in
+   the content-addressed store (see :mod:`dataeng.engine.inspect_image`).
+2. In the main process, in sha256 order (so the result does not depend on the order
+   files were given or found), rows are written in transactions of ``chunk`` images:
+   exact duplicates are skipped, near duplicates join the nearest image's group and
+   split, new groups get the split of their key.
+
+A kill during phase 1 leaves only orphan store files (reused by the next ingest or
+removed by ``dataeng doctor``); a kill during phase 2 loses only the transaction in
+flight. Running ingest again completes the batch without duplicates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from dataeng.db.schema import Batch, Image, Problem, utcnow
+from dataeng.engine.dedup import find_near, signed_chunks
+from dataeng.engine.inspect_image import IMAGE_EXTENSIONS, Inspected, Refused, inspect_image
+from dataeng.engine.split import split_for
+from dataeng.errors import InputError
+from dataeng.progress import NullProgress, Progress
+from dataeng.workspace import Workspace
+
+DEFAULT_CHUNK = 500
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did; ``to_dict`` is the ``--json`` output."""
+
+    batch_id: int
+    scanned: int = 0
+    added: int = 0
+    duplicates: int = 0
+    near_duplicates: int = 0
+    refused: int = 0
+    per_split: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0, "test": 0})
+    problems: list[str] = field(default_factory=list)
+    image_ids: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "scanned": self.scanned,
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "near_duplicates": self.near_duplicates,
+            "refused": self.refused,
+            "per_split": dict(self.per_split),
+            "problems": list(self.problems),
+        }
+
+
+def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Refused]]:
+    """Expand folders (recursively), files and globs into image paths.
+
+    Folders contribute files with an image extension (hidden files skipped); a path given
+    explicitly is taken whatever its extension, so a bad one is refused with a reason.
+    Returns the unique paths in a stable order, and the inputs that matched nothing.
+    """
+    found: dict[str, Path] = {}
+    missing: list[Refused] = []
+
+    def add(p: Path) -> None:
+        found.setdefault(os.path.abspath(p), p)
+
+    for raw in inputs:
+        text = str(raw)
+        p = Path(text)
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                base = Path(dirpath)
+                for d in dirnames:
+                    if Path(d).suffix.lower() in IMAGE_EXTENSIONS:
+                        add(base / d)  # a folder named like an image: refused with a reason
+                for name in sorted(filenames):
+                    if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                        add(base / name)
+        elif p.exists() or p.is_symlink():
+            add(p)
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                missing.append(Refused(text, "no-match", "path", text, "glob matched no files"))
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir():
+                    for sub in collect_images([mp])[0]:
+                        add(sub)
+                elif mp.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(mp)
+        else:
+            missing.append(Refused(text, "not-found", "path", text, "no such file or folder"))
+    return list(found.values()), missing
+
+
+def ingest(
+    session: Session,
+    workspace: Workspace,
+    inputs: Sequence[str | Path],
+    *,
+    workers: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Progress | None = None,
+    strict: bool = False,
+) -> IngestSummary:
+    """Register the images under ``inputs`` in the workspace.
+
+    Args:
+        session: open registry session; committed per chunk.
+        workspace: the workspace (store root, config).
+        inputs: folders, files or glob patterns.
+        workers: processes for phase 1 (default: ``ingest.workers`` or one per core).
+        chunk: images per registry transaction.
+        progress: progress reporter.
+        strict: raise :class:`InputError` on the first refused input.
+
+    Returns:
+        An :class:`IngestSummary`. Refused inputs are ``problems`` rows of the batch.
+
+    Example::
+
+        with ws.session() as s:
+            summary = ingest(s, ws, ["photos/"])
+    """
+    progress = progress or NullProgress()
+    cfg = workspace.config.ingest
+    batch = Batch(kind="ingest", args={"inputs": [str(i) for i in inputs]})
+    session.add(batch)
+    session.commit()
+    summary = IngestSummary(batch_id=batch.id)
+
+    paths, refused = collect_images(inputs)
+    summary.scanned = len(paths)
+    inspected = _inspect_all(paths, workspace, cfg.workers if workers is None else workers, cfg, progress, refused)
+    if strict and refused:
+        r = refused[0]
+        raise InputError(r.message, path=r.path, field=r.field, value=r.value)
+    _record_problems(session, batch.id, refused, summary)
+    session.commit()
+
+    inspected.sort(key=lambda r: (r.sha256, r.path))
+    progress.task("registering", len(inspected))
+    for start in range(0, len(inspected), chunk):
+        part = inspected[start : start + chunk]
+        _register_chunk(session, workspace, batch.id, part, summary)
+        session.commit()
+        progress.advance(len(part))
+
+    batch.status = "finished"
+    batch.finished_at = utcnow()
+    batch.summary = summary.to_dict()
+    session.commit()
+    return summary
+
+
+def _inspect_all(
+    paths: list[Path],
+    workspace: Workspace,
+    workers: int,
+    cfg: Any,
+    progress: Progress,
+    refused: list[Refused],
+) -> list[Inspected]:
+    progress.task("reading images", len(paths))
+    args = (str(workspace.root), cfg.link, cfg.max_image_pixels)
+    results: Iterable[Inspected | Refused]
+    n_workers = workers or os.cpu_count() or 1
+    inspected: list[Inspected] = []
+    if n_workers <= 1 or len(paths) < 16:
+        results = (inspect_image(str(p), *args) for p in paths)
+        for r in results:
+            (inspected if isinstance(r, Inspected) else refused).append(r)  # type: ignore[arg-type]
+            progress.advance()
+        return inspected
+    chunksize = max(1, min(32, len(paths) // (n_workers * 8)))
+    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        for r in pool.map(_inspect_star, ((str(p), *args) for p in paths), chunksize=chunksize):
+            (inspected if isinstance(r, Inspected) else refused).append(r)  # type: ignore[arg-type]
+            progress.advance()
+    return inspected
+
+
+def _inspect_star(a: tuple[str, str, str, int]) -> Inspected | Refused:
+    return inspect_image(*a)
+
+
+def _record_problems(session: Session, batch_id: int, refused: list[Refused], summary: IngestSummary) -> None:
+    for r in refused:
+        session.add(
+            Problem(batch_id=batch_id, path=r.path, kind=r.kind, field=r.field, value=r.value, message=r.message)
+        )
+        summary.problems.append(r.line())
+    summary.refused += len(refused)
+
+
+def _register_chunk(
+    session: Session, workspace: Workspace, batch_id: int, part: list[Inspected], summary: IngestSummary
+) -> None:
+    """Insert one chunk of inspected images inside the current transaction."""
+    shas = {r.sha256 for r in part} | {r.source_sha256 for r in part}
+    known: dict[str, int] = {}
+    for image_id, sha, source_sha in session.execute(
+        select(Image.id, Image.sha256, Image.source_sha256).where(
+            or_(Image.sha256.in_(shas), Image.source_sha256.in_(shas))
+        )
+    ):
+        known[sha] = image_id
+        known[source_sha] = image_id
+
+    ratios = workspace.config.split.ratios
+    salt = workspace.config.split.salt
+    radius = workspace.config.ingest.near_duplicate_distance
+    for r in part:
+        existing = known.get(r.sha256) or known.get(r.source_sha256)
+        if existing is not None:
+            summary.duplicates += 1
+            summary.image_ids[r.path] = existing
+            continue
+        near = find_near(session, r.phash, radius)
+        if near:
+            _, _, group_id = near[0]
+            group_split = session.execute(select(Image.split).where(Image.id == group_id)).scalar_one()
+            split = group_split
+            summary.near_duplicates += 1
+        else:
+            group_id = None
+            split = split_for(r.sha256, ratios, salt)
+        values = {
+            "sha256": r.sha256,
+            "source_sha256": r.source_sha256,
+            **signed_chunks(r.phash),
+            "width": r.width,
+            "height": r.height,
+            "store_path": r.store_path,
+            "original_path": _display_path(r.path),
+            "group_id": group_id,
+            "split": split,
+            "batch_id": batch_id,
+            "created_at": utcnow(),
+        }
+        new_id = session.execute(insert(Image).values(**values).returning(Image.id)).scalar_one()
+        if group_id is None:
+            session.execute(update(Image).where(Image.id == new_id).values(group_id=new_id))
+        known[r.sha256] = known[r.source_sha256] = new_id
+        summary.image_ids[r.path] = new_id
+        summary.added += 1
+        summary.per_split[split] += 1
+
+
+def _display_path(path: str) -> str:
+    # Non-UTF-8 file names survive as surrogate escapes; store them printable.
+    return os.path.abspath(path).encode("utf-8", "backslashreplace").decode("utf-8")

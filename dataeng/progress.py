@@ -1,0 +1,91 @@
+"""Progress reporting for long jobs, kept apart from the engine.
+
+Engine functions take a :class:`Progress` and call ``task(description, total)`` then
+``advance(n)``; the CLI passes :class:`RichProgress` (a rich progress bar on stderr),
+tests and library users get the silent default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+
+class Progress(Protocol):
+    def task(self, description: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1, **fields: Any) -> None: ...
+
+
+class NullProgress:
+    """Reports nothing."""
+
+    def task(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        pass
+
+
+class RichProgress:
+    """A rich progress bar with rate and ETA; one bar per ``task`` call."""
+
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+        self._task: Any = None
+
+    def task(self, description: str, total: int | None) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=self._progress.tasks[-1].total or 0)
+        self._task = self._progress.add_task(description, total=total, info="")
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        if self._task is None:
+            return
+        info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        self._progress.update(self._task, advance=n, **({"info": info} if info else {}))
+
+
+def _rate_column_class() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def __init__(self, unit: str) -> None:
+            super().__init__()
+            self.unit = unit
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="cyan")
+
+    return RateColumn
+
+
+@contextmanager
+def rich_progress(unit: str = "items") -> Iterator[RichProgress]:
+    """A live rich progress bar on stderr for the duration of the block."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as _Progress
+
+    _RateColumn = _rate_column_class()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with _Progress(*columns, console=Console(stderr=True), transient=False) as p:
+        yield RichProgress(p)
