@@ -73,6 +73,7 @@ class Workspace:
         if explicit is None and os.environ.get(ENV_VAR):
             explicit = Path(os.environ[ENV_VAR])
         if explicit is not None:
+            explicit = Path(explicit)
             if not (explicit / CONFIG_FILE).is_file():
                 raise WorkspaceError(f"no {CONFIG_FILE} here; run `dataeng init {explicit}` first", path=explicit)
             return explicit.resolve()

@@ -12,7 +12,7 @@ from dataeng.db.schema import SPLITS, Batch, Image, Label, Problem, Review, Run
 
 def images_per_split(session: Session) -> dict[str, int]:
     """Number of images in each split (all three keys present)."""
-    counts = dict.fromkeys(SPLITS, 0)
+    counts: dict[str, int] = dict.fromkeys(SPLITS, 0)
     for split, n in session.execute(select(Image.split, func.count()).group_by(Image.split)):
         counts[split] = n
     return counts
@@ -29,7 +29,7 @@ def labels_by_origin_status(session: Session) -> dict[str, dict[str, int]]:
 
 def labelled_per_split(session: Session) -> dict[str, int]:
     """Images with an active label, per split."""
-    counts = dict.fromkeys(SPLITS, 0)
+    counts: dict[str, int] = dict.fromkeys(SPLITS, 0)
     stmt = (
         select(Image.split, func.count())
         .join(Label, Label.image_id == Image.id)

@@ -1,0 +1,38 @@
+"""Shared fixtures: real files from ../shared/fixtures, small images made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """../shared/fixtures, or skip when this clone has none beside it."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip("../shared/fixtures is absent")
+    return SHARED_FIXTURES
+
+
+def random_image(path: Path, size: tuple[int, int] = (48, 40), seed: int = 0, fmt: str | None = None) -> Path:
+    """Write a distinct, structured image (blocks of colour, not noise) so pHashes differ."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    blocks = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    arr = np.kron(blocks, np.ones((h // 4 + 1, w // 4 + 1, 1), dtype=np.uint8))[:h, :w]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    """A fresh workspace with the default config."""
+    from dataeng.workspace import Workspace
+
+    return Workspace.init(tmp_path / "ws")

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataeng.config import Config, load_config, parse_config, render_config
+from dataeng.errors import ConfigError
+
+
+def test_defaults_round_trip_through_toml(tmp_path: Path) -> None:
+    config = Config(classes=["person", "hair"], aliases={"PEDESTRIAN": "person"})
+    path = tmp_path / "dataeng.toml"
+    path.write_text(render_config(config))
+    assert load_config(path) == config
+    assert config.split.ratios == (0.7, 0.2, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"train": {"epoch": 3}}, r"field 'train.epoch': unknown key"),
+        ({"colour": "red"}, r"field 'colour': unknown key"),
+        ({"split": {"ratios": [0.5, 0.2, 0.2]}}, r"split.ratios.*sum to 1"),
+        ({"train": {"image_size": [100, 128]}}, r"train.image_size.*multiples of 32"),
+        ({"classes": []}, r"classes.*at least one class"),
+        ({"classes": ["person"], "aliases": {"PED": "car"}}, r"alias 'PED' points at 'car'"),
+        ({"pseudolabel": {"pixel_threshold": 1.5}}, r"pseudolabel.pixel_threshold"),
+    ],
+)
+def test_invalid_config_is_refused_naming_the_key(data: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_config(data)
+
+
+def test_config_file_that_is_not_toml(tmp_path: Path) -> None:
+    path = tmp_path / "dataeng.toml"
+    path.write_text("classes = [person")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
