@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from dataeng.db.schema import Batch, Image, Problem, utcnow
-from dataeng.engine.dedup import find_near, signed_chunks
+from dataeng.engine.dedup import find_near, pairwise_near, signed_chunks
 from dataeng.engine.inspect_image import IMAGE_EXTENSIONS, Inspected, Refused, inspect_image
 from dataeng.engine.split import split_for
 from dataeng.errors import InputError
@@ -208,10 +208,21 @@ def _record_problems(session: Session, batch_id: int, refused: list[Refused], su
     summary.refused += len(refused)
 
 
+_INSERT_IMAGE = (
+    "INSERT INTO images (sha256, source_sha256, phash, ph0, ph1, ph2, width, height, store_path,"
+    " original_path, group_id, split, batch_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
 def _register_chunk(
     session: Session, workspace: Workspace, batch_id: int, part: list[Inspected], summary: IngestSummary
 ) -> None:
-    """Insert one chunk of inspected images inside the current transaction."""
+    """Insert one chunk of inspected images inside the current transaction.
+
+    Group assignment per image, in sha256 order: the nearest registered image within
+    the radius (its group and split), else the nearest earlier image of this chunk,
+    else a new group whose key is the image's own sha256.
+    """
     shas = {r.sha256 for r in part} | {r.source_sha256 for r in part}
     known: dict[str, int] = {}
     for image_id, sha, source_sha in session.execute(
@@ -222,44 +233,55 @@ def _register_chunk(
         known[sha] = image_id
         known[source_sha] = image_id
 
-    ratios = workspace.config.split.ratios
-    salt = workspace.config.split.salt
-    radius = workspace.config.ingest.near_duplicate_distance
+    config = workspace.config
+    radius = config.ingest.near_duplicate_distance
+    fresh: list[Inspected] = []
     for r in part:
         existing = known.get(r.sha256) or known.get(r.source_sha256)
-        if existing is not None:
+        if existing is not None or any(f.sha256 == r.sha256 for f in fresh[-1:]):
             summary.duplicates += 1
-            summary.image_ids[r.path] = existing
+            if existing is not None:
+                summary.image_ids[r.path] = existing
             continue
+        fresh.append(r)
+    if not fresh:
+        return
+
+    # Per new image: ("db", group id, split) or ("chunk", index of the root in `fresh`, split).
+    earlier = pairwise_near([r.phash for r in fresh], radius)
+    group_of: list[tuple[str, int, str]] = []
+    for i, r in enumerate(fresh):
         near = find_near(session, r.phash, radius)
         if near:
-            _, _, group_id = near[0]
-            group_split = session.execute(select(Image.split).where(Image.id == group_id)).scalar_one()
-            split = group_split
+            group_id = near[0][2]
+            split = session.execute(select(Image.split).where(Image.id == group_id)).scalar_one()
+            group_of.append(("db", group_id, split))
+            summary.near_duplicates += 1
+        elif earlier[i]:
+            root = group_of[earlier[i][0]]
+            group_of.append(root)
             summary.near_duplicates += 1
         else:
-            group_id = None
-            split = split_for(r.sha256, ratios, salt)
-        values = {
-            "sha256": r.sha256,
-            "source_sha256": r.source_sha256,
-            **signed_chunks(r.phash),
-            "width": r.width,
-            "height": r.height,
-            "store_path": r.store_path,
-            "original_path": _display_path(r.path),
-            "group_id": group_id,
-            "split": split,
-            "batch_id": batch_id,
-            "created_at": utcnow(),
-        }
-        new_id = session.execute(insert(Image).values(**values).returning(Image.id)).scalar_one()
-        if group_id is None:
-            session.execute(update(Image).where(Image.id == new_id).values(group_id=new_id))
-        known[r.sha256] = known[r.source_sha256] = new_id
-        summary.image_ids[r.path] = new_id
+            group_of.append(("chunk", i, split_for(r.sha256, config.split.ratios, config.split.salt)))
+
+    now = utcnow().isoformat(sep=" ")
+    conn = session.connection()
+    conn.exec_driver_sql(
+        _INSERT_IMAGE,
+        [
+            (r.sha256, r.source_sha256, *signed_chunks(r.phash).values(), r.width, r.height, r.store_path,
+             _display_path(r.path), g[1] if g[0] == "db" else None, g[2], batch_id, now)
+            for r, g in zip(fresh, group_of, strict=True)
+        ],
+    )
+    ids = dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_([r.sha256 for r in fresh]))).all())
+    new_groups = [(ids[fresh[g[1]].sha256], ids[r.sha256]) for r, g in zip(fresh, group_of, strict=True) if g[0] == "chunk"]
+    if new_groups:
+        conn.exec_driver_sql("UPDATE images SET group_id = ? WHERE id = ?", new_groups)
+    for r, g in zip(fresh, group_of, strict=True):
+        summary.image_ids[r.path] = ids[r.sha256]
         summary.added += 1
-        summary.per_split[split] += 1
+        summary.per_split[g[2]] += 1
 
 
 def _display_path(path: str) -> str:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: set up .venv, then lint, type-check and run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export QT_QPA_PLATFORM=offscreen
+echo "== ruff"
+.venv/bin/ruff check dataeng tests scripts
+echo "== mypy (annotation, db)"
+.venv/bin/mypy dataeng/annotation dataeng/db
+echo "== pytest"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
