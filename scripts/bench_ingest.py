@@ -139,7 +139,7 @@ def main() -> None:
           f"  added {summary['added']}, near-dup {summary['near_duplicates']}")
     print(f"ratio ingest / floor: {t_floor / t_ingest:.2f}x")
 
-    new = make_images(out / "new", 1000, args.size, start=10_000_000)
+    make_images(out / "new", 1000, args.size, start=10_000_000)
     for size in [int(s) for s in args.scale.split(",") if s]:
         root = out / f"ws_scale_{size}"
         shutil.rmtree(root, ignore_errors=True)

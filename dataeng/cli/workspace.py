@@ -25,17 +25,12 @@ def init(
     classes: Annotated[str, typer.Option(help="Comma-separated class names, in mask index order (1..N).")] = "person",
 ) -> None:
     """Create a workspace: dataeng.toml, an empty registry and the store folders."""
-    from dataeng.config import Config
-    from dataeng.errors import ConfigError
+    from dataeng.config import parse_config
     from dataeng.workspace import Workspace
 
     with cli_errors():
         names = [c.strip() for c in classes.split(",") if c.strip()]
-        try:
-            config = Config(classes=names)
-        except ValueError as e:
-            raise ConfigError(str(e).splitlines()[-1], field="classes", value=classes) from e
-        ws = Workspace.init(directory, config)
+        ws = Workspace.init(directory, parse_config({"classes": names}, source="--classes"))
         console.print(f"created workspace [bold]{ws.root}[/bold] (classes: {', '.join(names)})")
 
 

@@ -1,0 +1,126 @@
+"""The workspace commands through the CLI: init, ingest, status, doctor, help."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from dataeng.cli import app
+from dataeng.db.schema import Image, Problem
+from dataeng.workspace import Workspace
+from tests.conftest import random_image
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def ws_root(tmp_path: Path) -> Path:
+    code, out = _invoke("init", str(tmp_path / "ws"), "--classes", "person,hair")
+    assert code == 0, out
+    return tmp_path / "ws"
+
+
+def test_init_writes_config_and_refuses_a_second_time(ws_root: Path) -> None:
+    text = (ws_root / "dataeng.toml").read_text()
+    assert 'classes = ["person", "hair"]' in text
+    code, out = _invoke("init", str(ws_root))
+    assert code == 1 and "already exists" in out
+
+
+def test_init_refuses_bad_classes(tmp_path: Path) -> None:
+    code, out = _invoke("init", str(tmp_path / "ws"), "--classes", "person,person")
+    assert code == 1 and "unique" in out
+    assert not (tmp_path / "ws" / "dataeng.toml").exists()
+
+
+def test_unknown_config_key_is_named(ws_root: Path) -> None:
+    cfg = ws_root / "dataeng.toml"
+    cfg.write_text(cfg.read_text().replace("[ingest]", "[ingest]\nworkerz = 3"))
+    code, out = _invoke("status", "--workspace", str(ws_root))
+    assert code == 1
+    assert "ingest.workerz" in out and "unknown key" in out and "\n" not in out.strip()
+
+
+def test_ingest_and_status_json_agree_with_sql(ws_root: Path, tmp_path: Path) -> None:
+    for i in range(25):
+        random_image(tmp_path / "src" / f"{i}.png", seed=i)
+    (tmp_path / "src" / "bad.jpg").write_text("nope")
+    code, out = _invoke("ingest", str(tmp_path / "src"), "--workspace", str(ws_root), "--json", "--workers", "1")
+    assert code == 0, out
+    summary = json.loads(out)
+    assert summary["added"] == 25 and summary["refused"] == 1
+    assert "bad.jpg" in summary["problems"][0] and "content" in summary["problems"][0]
+    code, out = _invoke("status", "--workspace", str(ws_root), "--json")
+    status = json.loads(out)
+    ws = Workspace.open(ws_root)
+    with ws.session() as s:
+        per_split = dict(s.execute(select(Image.split, func.count()).group_by(Image.split)).all())
+        n_problems = s.scalar(select(func.count()).select_from(Problem))
+    assert {k: v for k, v in status["images"].items() if v} == per_split
+    assert sum(status["problems"].values()) == n_problems == 1
+    assert status["batches"][0]["summary"]["added"] == 25
+
+
+def test_ingest_human_output_lists_counts_and_refusals(ws_root: Path, tmp_path: Path) -> None:
+    random_image(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    code, out = _invoke("ingest", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "-w", str(ws_root))
+    assert code == 0
+    assert "added" in out and "refused" in out and "b.jpg" in out and "empty" in out
+
+
+def test_doctor_finds_missing_files_and_removes_orphans(ws_root: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        random_image(tmp_path / "src" / f"{i}.png", seed=i)
+    _invoke("ingest", str(tmp_path / "src"), "-w", str(ws_root), "--workers", "1")
+    orphan = ws_root / "store" / "images" / "zz" / "orphan.png"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x")
+    code, out = _invoke("doctor", "-w", str(ws_root), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["orphans"] == ["store/images/zz/orphan.png"] and orphan.exists()
+    code, out = _invoke("doctor", "-w", str(ws_root), "--fix", "--json")
+    assert json.loads(out)["removed"] == ["store/images/zz/orphan.png"] and not orphan.exists()
+    stored = next((ws_root / "store" / "images").rglob("*.png"))
+    stored.write_bytes(stored.read_bytes() + b"\0")
+    code, out = _invoke("doctor", "-w", str(ws_root), "--json")
+    assert code == 1 and len(json.loads(out)["corrupt"]) == 1
+    stored.unlink()
+    code, out = _invoke("doctor", "-w", str(ws_root), "--json")
+    assert code == 1 and len(json.loads(out)["missing"]) == 1
+
+
+def test_no_workspace_gives_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATAENG_WORKSPACE", raising=False)
+    code, out = _invoke("status")
+    assert code == 1 and "dataeng init" in out
+
+
+def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
+    import typer.main
+
+    click_group = typer.main.get_command(group)
+    stack = [(prefix, click_group)]
+    while stack:
+        path, cmd = stack.pop()
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            stack.append(((*path, name), sub))
+
+
+@pytest.mark.parametrize("path", list(_commands(app)), ids=lambda p: " ".join(p) or "dataeng")
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    code, out = _invoke(*path, "--help")
+    assert code == 0 and "Usage" in out
+    # a one-line summary for every command, not just the bare usage
+    assert len(out.strip().splitlines()) > 3
