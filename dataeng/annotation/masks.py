@@ -113,3 +113,58 @@ def validate_mask(mask: np.ndarray, num_classes: int, path: Path | str = "<mask>
             field="pixel value",
             value=bad[0],
         )
+
+
+def _voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved), as labelme and most tools use."""
+    palette: list[int] = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.extend((r, g, b))
+    return palette
+
+
+def write_palette_mask(path: Path, mask: np.ndarray) -> None:
+    """Write a class-index mask as a palette PNG (VOC colours; the indices are the classes).
+
+    Unlike a grayscale PNG, a palette PNG is never mistaken for a black/white binary mask.
+
+    Raises:
+        ValueError: ``mask`` is not a 2-D uint8 array.
+    """
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"mask must be 2-D uint8, got shape {mask.shape} dtype {mask.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
+    os.close(fd)
+    try:
+        image = Image.fromarray(np.ascontiguousarray(mask), mode="P")
+        image.putpalette(_voc_palette())
+        image.save(tmp_name, format="PNG", compress_level=1)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode a 2-D uint8 mask, matte or confidence map as grayscale PNG bytes (fast zlib level 1).
+
+    For writers that place the bytes themselves (the registry writes under a label id
+    chosen after encoding); :func:`read_mask` reads the result.
+    """
+    import cv2
+
+    if array.ndim != 2 or array.dtype != np.uint8:
+        raise ValueError(f"expected 2-D uint8, got shape {array.shape} dtype {array.dtype}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()

@@ -55,7 +55,7 @@ class Shape:
     def origin(self) -> tuple[int, int]:
         """Top-left pixel (x, y) of a bitmap shape."""
         x, y = self.points[0]
-        return int(round(x)), int(round(y))
+        return round(x), round(y)
 
 
 @dataclass(frozen=True)

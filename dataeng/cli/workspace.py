@@ -14,6 +14,7 @@ from dataeng.cli.app import (
     app,
     cli_errors,
     console,
+    export_app,
     open_workspace,
     print_json,
 )
@@ -153,6 +154,39 @@ def synth(
 
     with cli_errors(), rich_progress("img") as progress:
         progress.task("synthesising", n + unlabeled)
-        summary = generate(out, n=n, unlabeled=unlabeled, seed=seed, size_range=(min_size, max_size),
-                           progress=lambda k: progress.advance(k))
+        summary = generate(
+            out,
+            n=n,
+            unlabeled=unlabeled,
+            seed=seed,
+            size_range=(min_size, max_size),
+            progress=lambda k: progress.advance(k),
+        )
     console.print(f"wrote {summary} to {out}")
+
+
+@export_app.command("labels")
+def export_labels(
+    out: Annotated[Path, typer.Argument(help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="labelme, cvat, coco, supervisely or masks.")] = "labelme",
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "all",
+    origin: Annotated[str, typer.Option(help="human, pseudo or all.")] = "all",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write the registry's active labels in an annotation format, images alongside."""
+    from dataeng.engine.export_labels import FORMAT_NAMES
+    from dataeng.engine.export_labels import export_labels as run_export
+    from dataeng.errors import DataEngError
+
+    with cli_errors():
+        for name, value, allowed in (
+            ("--format", fmt, tuple(FORMAT_NAMES)),
+            ("--split", split, ("train", "val", "test", "all")),
+            ("--origin", origin, ("human", "pseudo", "all")),
+        ):
+            if value not in allowed:
+                raise DataEngError(f"expected one of {', '.join(allowed)}", field=name, value=value)
+        ws = open_workspace(workspace)
+        with ws.session() as session:
+            summary = run_export(session, ws, out, fmt, split=split, origin=origin)  # type: ignore[arg-type]
+        console.print(f"exported {summary.labels} labels as {summary.format} to {summary.out} ({summary.files} files)")

@@ -81,10 +81,7 @@ def _flip_masks(bits: int, radius: int) -> tuple[int, ...]:
 def chunk_neighbourhoods(h: int, radius: int) -> list[list[int]]:
     """For each chunk, the values within the per-chunk radius that guarantee recall."""
     per_chunk = radius // len(CHUNK_BITS)
-    return [
-        [c ^ m for m in _flip_masks(bits, per_chunk)]
-        for c, bits in zip(chunks(h), CHUNK_BITS, strict=True)
-    ]
+    return [[c ^ m for m in _flip_masks(bits, per_chunk)] for c, bits in zip(chunks(h), CHUNK_BITS, strict=True)]
 
 
 @lru_cache(maxsize=4)

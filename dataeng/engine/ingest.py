@@ -27,6 +27,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from dataeng.db.schema import Batch, Image, Problem, utcnow
+from dataeng.engine.annotations import (
+    LabelSummary,
+    discover,
+    image_files_of,
+    read_all,
+    record_problems,
+    register_labels,
+)
 from dataeng.engine.dedup import find_near, pairwise_near, signed_chunks
 from dataeng.engine.inspect_image import IMAGE_EXTENSIONS, Inspected, Refused, inspect_image
 from dataeng.engine.split import split_for
@@ -50,6 +58,7 @@ class IngestSummary:
     per_split: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0, "test": 0})
     problems: list[str] = field(default_factory=list)
     image_ids: dict[str, int] = field(default_factory=dict, repr=False)
+    labels: LabelSummary = field(default_factory=LabelSummary)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,22 +69,33 @@ class IngestSummary:
             "near_duplicates": self.near_duplicates,
             "refused": self.refused,
             "per_split": dict(self.per_split),
-            "problems": list(self.problems),
+            "problems": list(self.problems) + list(self.labels.problems),
+            "labels": {
+                "annotation_sets": self.labels.annotation_files,
+                "added": self.labels.labels_added,
+                "unchanged": self.labels.labels_unchanged,
+                "refused": self.labels.refused,
+                "notices": self.labels.notices[:100],
+            },
         }
 
 
-def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Refused]]:
+def collect_images(inputs: Sequence[str | Path], exclude: Sequence[Path] = ()) -> tuple[list[Path], list[Refused]]:
     """Expand folders (recursively), files and globs into image paths.
 
     Folders contribute files with an image extension (hidden files skipped); a path given
     explicitly is taken whatever its extension, so a bad one is refused with a reason.
+    Files under ``exclude`` (label folders: masks, mattes) are not images to register.
     Returns the unique paths in a stable order, and the inputs that matched nothing.
     """
+    skip = tuple(str(e) + os.sep for e in exclude)
     found: dict[str, Path] = {}
     missing: list[Refused] = []
 
     def add(p: Path) -> None:
-        found.setdefault(os.path.abspath(p), p)
+        key = os.path.abspath(p)
+        if not (skip and (key + os.sep).startswith(skip)) and not (skip and key.startswith(skip)):
+            found.setdefault(key, p)
 
     for raw in inputs:
         text = str(raw)
@@ -83,6 +103,9 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Refus
         if p.is_dir():
             for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                if skip and (os.path.abspath(dirpath) + os.sep).startswith(skip):
+                    dirnames[:] = []
+                    continue
                 base = Path(dirpath)
                 for d in dirnames:
                     if Path(d).suffix.lower() in IMAGE_EXTENSIONS:
@@ -99,7 +122,7 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Refus
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
-                    for sub in collect_images([mp])[0]:
+                    for sub in collect_images([mp], exclude)[0]:
                         add(sub)
                 elif mp.suffix.lower() in IMAGE_EXTENSIONS:
                     add(mp)
@@ -117,6 +140,7 @@ def ingest(
     chunk: int = DEFAULT_CHUNK,
     progress: Progress | None = None,
     strict: bool = False,
+    fmt: str | None = None,
 ) -> IngestSummary:
     """Register the images under ``inputs`` in the workspace.
 
@@ -128,6 +152,7 @@ def ingest(
         chunk: images per registry transaction.
         progress: progress reporter.
         strict: raise :class:`InputError` on the first refused input.
+        fmt: read annotations as this format instead of auto-detecting them.
 
     Returns:
         An :class:`IngestSummary`. Refused inputs are ``problems`` rows of the batch.
@@ -144,7 +169,17 @@ def ingest(
     session.commit()
     summary = IngestSummary(batch_id=batch.id)
 
-    paths, refused = collect_images(inputs)
+    sets = discover(inputs, fmt)
+    items, ann_problems = read_all(sets, summary.labels)
+    if strict and ann_problems:
+        raise ann_problems[0]
+    items = _materialise_embedded(workspace, items)
+    paths, refused = collect_images(inputs, sets.label_dirs)
+    known_paths = {os.path.abspath(p) for p in paths}
+    for extra in image_files_of(items):  # images an annotation names outside the inputs
+        if os.path.abspath(extra) not in known_paths:
+            known_paths.add(os.path.abspath(extra))
+            paths.append(extra)
     summary.scanned = len(paths)
     inspected = _inspect_all(paths, workspace, cfg.workers if workers is None else workers, cfg, progress, refused)
     if strict and refused:
@@ -161,11 +196,45 @@ def ingest(
         session.commit()
         progress.advance(len(part))
 
+    record_problems(session, batch.id, ann_problems, summary.labels)
+    session.commit()
+    register_labels(
+        session,
+        workspace,
+        batch.id,
+        items,
+        summary.image_ids,
+        summary.labels,
+        workers=cfg.workers if workers is None else workers,
+        progress=progress,
+    )
+
     batch.status = "finished"
     batch.finished_at = utcnow()
     batch.summary = summary.to_dict()
     session.commit()
     return summary
+
+
+def _materialise_embedded(workspace: Workspace, items: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """Images that exist only inside an annotation (labelme imageData) become files to ingest."""
+    import hashlib
+
+    from dataeng.storage import atomic_write_bytes
+
+    out = []
+    for name, item in items:
+        data = getattr(item, "image_data", None)
+        image_path = getattr(item, "image_path", None)
+        if data and (image_path is None or not Path(image_path).is_file()):
+            sha = hashlib.sha256(data).hexdigest()
+            suffix = Path(getattr(item, "image_name", "") or "x.png").suffix.lower() or ".png"
+            tmp = workspace.root / "tmp" / "embedded" / f"{sha}{suffix}"
+            if not tmp.exists():
+                atomic_write_bytes(tmp, data)
+            item = item.replace(image_path=tmp)  # type: ignore[attr-defined]
+        out.append((name, item))
+    return out
 
 
 def _inspect_all(
@@ -236,14 +305,19 @@ def _register_chunk(
     config = workspace.config
     radius = config.ingest.near_duplicate_distance
     fresh: list[Inspected] = []
+    same_as_fresh: list[Inspected] = []  # exact duplicates of an image new in this chunk
+    fresh_shas: set[str] = set()
     for r in part:
         existing = known.get(r.sha256) or known.get(r.source_sha256)
-        if existing is not None or any(f.sha256 == r.sha256 for f in fresh[-1:]):
+        if existing is not None or r.sha256 in fresh_shas:
             summary.duplicates += 1
             if existing is not None:
-                summary.image_ids[r.path] = existing
+                summary.image_ids[os.path.abspath(r.path)] = existing
+            else:
+                same_as_fresh.append(r)
             continue
         fresh.append(r)
+        fresh_shas.add(r.sha256)
     if not fresh:
         return
 
@@ -269,17 +343,32 @@ def _register_chunk(
     conn.exec_driver_sql(
         _INSERT_IMAGE,
         [
-            (r.sha256, r.source_sha256, *signed_chunks(r.phash).values(), r.width, r.height, r.store_path,
-             _display_path(r.path), g[1] if g[0] == "db" else None, g[2], batch_id, now)
+            (
+                r.sha256,
+                r.source_sha256,
+                *signed_chunks(r.phash).values(),
+                r.width,
+                r.height,
+                r.store_path,
+                _display_path(r.path),
+                g[1] if g[0] == "db" else None,
+                g[2],
+                batch_id,
+                now,
+            )
             for r, g in zip(fresh, group_of, strict=True)
         ],
     )
     ids = dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_([r.sha256 for r in fresh]))).all())
-    new_groups = [(ids[fresh[g[1]].sha256], ids[r.sha256]) for r, g in zip(fresh, group_of, strict=True) if g[0] == "chunk"]
+    new_groups = [
+        (ids[fresh[g[1]].sha256], ids[r.sha256]) for r, g in zip(fresh, group_of, strict=True) if g[0] == "chunk"
+    ]
     if new_groups:
         conn.exec_driver_sql("UPDATE images SET group_id = ? WHERE id = ?", new_groups)
+    for r in same_as_fresh:
+        summary.image_ids[os.path.abspath(r.path)] = ids[r.sha256]
     for r, g in zip(fresh, group_of, strict=True):
-        summary.image_ids[r.path] = ids[r.sha256]
+        summary.image_ids[os.path.abspath(r.path)] = ids[r.sha256]
         summary.added += 1
         summary.per_split[g[2]] += 1
 

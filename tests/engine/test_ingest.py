@@ -173,6 +173,7 @@ def test_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     if os.geteuid() != 0:
         path.chmod(0)
     else:  # root reads anything: simulate the permission error the OS would give
+
         def deny(self: Path) -> bytes:
             raise PermissionError(13, "Permission denied", str(self))
 

@@ -1,0 +1,152 @@
+"""Turning :class:`ExportRecord` masks into what writers emit, and writing files safely.
+
+Writers never trace or encode on their own: regions come from :mod:`..trace`, RLE from
+:mod:`..rle`. Ignore pixels are written as shapes labelled ``__ignore__`` in every
+format, so that reading the export back restores IGNORE_INDEX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dataeng.annotation.trace import DEFAULT_TOLERANCE, trace
+from dataeng.annotation.types import (
+    BACKGROUND,
+    BACKGROUND_LABELS,
+    IGNORE_INDEX,
+    IGNORE_LABEL,
+    ExportRecord,
+    LabelMap,
+    Polygon,
+    Ring,
+)
+
+HOLE_LABEL = BACKGROUND_LABELS[0]
+"""Label of the background polygons that stand for holes in formats without holes."""
+
+
+@dataclass(frozen=True)
+class ClassRegion:
+    """The pixels of one class in one record."""
+
+    class_index: int
+    label: str
+    pixels: np.ndarray
+
+
+def check_record(record: ExportRecord, label_map: LabelMap) -> None:
+    """Refuse a record whose mask does not fit its declared size or the label map.
+
+    Raises:
+        ValueError: wrong shape or dtype, or values outside the label map plus ignore.
+    """
+    if record.mask.shape != (record.height, record.width) or record.mask.dtype != np.uint8:
+        raise ValueError(
+            f"{record.image_name}: mask {record.mask.shape} {record.mask.dtype} is not "
+            f"uint8 {record.height}x{record.width}"
+        )
+    values = set(np.unique(record.mask).tolist()) - {IGNORE_INDEX}
+    if values and max(values) > label_map.num_classes:
+        raise ValueError(f"{record.image_name}: mask value {max(values)} not in the label map")
+
+
+def label_of(class_index: int, label_map: LabelMap) -> str:
+    """The name a writer uses for a class index (``__ignore__`` for IGNORE_INDEX)."""
+    if class_index == IGNORE_INDEX:
+        return IGNORE_LABEL
+    return label_map.names[class_index]
+
+
+def class_regions(record: ExportRecord, label_map: LabelMap) -> list[ClassRegion]:
+    """One region per class present in the mask (background excluded), ignore last."""
+    check_record(record, label_map)
+    present = sorted(set(np.unique(record.mask).tolist()) - {BACKGROUND})
+    return [ClassRegion(value, label_of(value, label_map), record.mask == value) for value in present]
+
+
+@dataclass(frozen=True)
+class DrawItem:
+    """A ring to draw in order: a class exterior, or a hole drawn as background."""
+
+    label: str
+    class_index: int
+    ring: Ring
+    is_hole: bool
+    area: float
+
+
+def polygons_by_class(
+    record: ExportRecord, label_map: LabelMap, tolerance: float = DEFAULT_TOLERANCE
+) -> list[tuple[ClassRegion, list[Polygon]]]:
+    """Trace every class region of a record."""
+    return [(region, trace(region.pixels, 1, tolerance)) for region in class_regions(record, label_map)]
+
+
+def flat_draw_items(record: ExportRecord, label_map: LabelMap, tolerance: float = DEFAULT_TOLERANCE) -> list[DrawItem]:
+    """Exteriors and holes as separate rings, largest first.
+
+    For formats without holes (labelme, CVAT polygons) holes become later background
+    polygons; drawing larger rings first keeps an island inside a hole, and a region
+    of another class inside a hole, on top.
+    """
+    items: list[DrawItem] = []
+    for region, polygons in polygons_by_class(record, label_map, tolerance):
+        for polygon in polygons:
+            items.append(DrawItem(region.label, region.class_index, polygon.exterior, False, _area(polygon.exterior)))
+            for hole in polygon.holes:
+                items.append(DrawItem(HOLE_LABEL, BACKGROUND, hole, True, _area(hole)))
+    # Stable sort: on equal area an exterior stays before its own hole.
+    items.sort(key=lambda item: -item.area)
+    return items
+
+
+def _area(ring: Ring) -> float:
+    xs = np.asarray([p[0] for p in ring])
+    ys = np.asarray([p[1] for p in ring])
+    # Shoelace plus the perimeter's half-pixel border, so that thin rings still rank.
+    shoelace = 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+    return shoelace + len(ring) / 2
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def copy_image(record: ExportRecord, dest: Path) -> Path | None:
+    """Copy the record's source image to ``dest`` (skipped if absent or already there)."""
+    if record.image_path is None or not record.image_path.is_file():
+        return None
+    if dest.exists() and dest.resolve() == record.image_path.resolve():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(record.image_path, dest)
+    return dest
+
+
+def safe_relative(name: str) -> Path:
+    """An image name as a relative path that cannot leave the export folder.
+
+    Raises:
+        ValueError: the name is absolute or climbs out with ``..``.
+    """
+    candidate = Path(name.replace("\\", "/"))
+    if candidate.is_absolute() or ".." in candidate.parts or not candidate.parts:
+        raise ValueError(f"image name {name!r} must be a relative path inside the export")
+    return candidate

@@ -1,0 +1,171 @@
+"""Folders of mask PNGs matched to images by file stem (layout: see :mod:`.paired_folders`).
+
+How pixel values become classes (``meta["mask_rule"]``):
+
+- **palette** PNG (mode P): the palette index is the class; IGNORE_INDEX is ignore.
+- **binary**: values within {0, white} or within {0, 1} (mode 1 too): non-zero is class 1.
+  White in a black/white mask is the person, not ignore (although white = IGNORE_INDEX):
+  that is what such masks mean.
+- **class-index**: any other set of at most 32 values: the value is the class, and
+  IGNORE_INDEX is ignore (e.g. {0, 1, IGNORE_INDEX} = person + ignore).
+- **soft**: more than 32 distinct values (an anti-aliased or JPEG-damaged black/white mask):
+  class 1 where value >= 128, with a notice.
+- RGB(A) masks whose channels are equal are read as grayscale; coloured masks are
+  refused (they need a colour -> class table).
+
+Each class becomes one bitmap shape with ``attributes["class_index"]`` (the label is
+``class <n>``, or ``__ignore__``). Write: ``masks/<stem>.png`` as palette PNGs (never
+ambiguous), images copied to ``images/``, provenance in ``dataeng.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dataeng.annotation.formats.export import atomic_write_text, check_record, copy_image, safe_relative
+from dataeng.annotation.formats.paired_folders import IMAGE_FOLDER, label_folder, pairs
+from dataeng.annotation.formats.result import ReadResult
+from dataeng.annotation.masks import write_palette_mask
+from dataeng.annotation.rle import crop_to_content
+from dataeng.annotation.types import (
+    BACKGROUND,
+    IGNORE_INDEX,
+    IGNORE_LABEL,
+    ExportRecord,
+    ImageAnnotation,
+    LabelMap,
+    Shape,
+)
+from dataeng.errors import AnnotationError
+
+NAME = "mask_folder"
+FOLDER_NAMES = ("masks",)
+MAX_CLASS_VALUES = 32
+SOFT_THRESHOLD = 128
+
+
+def detect(path: Path) -> bool:
+    """True for a folder with ``images/`` and ``masks/``, or a ``masks/`` folder beside ``images/``."""
+    return label_folder(path, FOLDER_NAMES) is not None
+
+
+def classify(path: Path) -> tuple[np.ndarray, str]:
+    """Read a mask file as class indices, by the rules in the module docstring.
+
+    Returns:
+        ``(class-index uint8 mask, rule name)``.
+
+    Raises:
+        AnnotationError: unreadable, coloured or more than 8-bit class values.
+    """
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode == "P":
+                return np.asarray(im, dtype=np.uint8).copy(), "palette"
+            arr = np.asarray(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
+        raise AnnotationError(f"cannot read mask: {e}", path=path) from e
+    if arr.ndim == 3:
+        channels = arr[:, :, :3]
+        if not (
+            np.array_equal(channels[:, :, 0], channels[:, :, 1])
+            and np.array_equal(channels[:, :, 0], channels[:, :, 2])
+        ):
+            raise AnnotationError(
+                "coloured masks need a colour -> class table; give palette or class-index PNGs",
+                path=path,
+                field="mode",
+                value=mode,
+            )
+        arr = channels[:, :, 0]
+    values = np.unique(arr)
+    if values.max(initial=0) > IGNORE_INDEX:
+        raise AnnotationError("mask values above 8 bits", path=path, field="pixel value", value=int(values.max()))
+    arr = arr.astype(np.uint8)
+    value_set = set(values.tolist())
+    if value_set <= {0, IGNORE_INDEX} or value_set <= {0, 1} or mode == "1":
+        return np.where(arr > 0, np.uint8(1), np.uint8(BACKGROUND)), "binary"
+    if len(value_set) <= MAX_CLASS_VALUES:
+        return arr, "class-index"
+    return np.where(arr >= SOFT_THRESHOLD, np.uint8(1), np.uint8(BACKGROUND)), "soft"
+
+
+def _shapes(mask: np.ndarray) -> tuple[Shape, ...]:
+    shapes = []
+    for value in sorted(set(np.unique(mask).tolist()) - {BACKGROUND}):
+        cropped = crop_to_content(mask == value)
+        if cropped is None:
+            continue
+        patch, (x0, y0) = cropped
+        label = IGNORE_LABEL if value == IGNORE_INDEX else f"class {value}"
+        shapes.append(
+            Shape(label, "bitmap", ((float(x0), float(y0)),), bitmap=patch, attributes={"class_index": int(value)})
+        )
+    return tuple(shapes)
+
+
+def read(path: Path, *, root: Path | None = None) -> ReadResult:
+    """Read a mask folder (see the module docstring for layout and value rules).
+
+    Args:
+        path: the dataset folder (holding ``images/`` and ``masks/``) or the masks folder;
+            any folder of masks when the user named this format.
+        root: the folder image paths must stay in (default: the dataset folder).
+
+    Returns:
+        A :class:`ReadResult`, one item per mask file.
+
+    Raises:
+        AnnotationError: ``path`` is not a folder.
+    """
+    folder = label_folder(path, FOLDER_NAMES, explicit=True)
+    if folder is None:
+        raise AnnotationError("expected a folder of masks", path=path)
+    root = root if root is not None else folder.parent
+    result = ReadResult()
+    for name, label, image in pairs(folder, root):
+        try:
+            mask, rule = classify(label)
+        except AnnotationError as e:
+            result.problems.append(e)
+            continue
+        if rule == "soft":
+            result.notices.append(
+                f"{label}: more than {MAX_CLASS_VALUES} grey levels; read as class 1 where >= {SOFT_THRESHOLD}"
+            )
+        height, width = mask.shape
+        item = ImageAnnotation(name, image, width, height, _shapes(mask), NAME, label, meta={"mask_rule": rule})
+        result.items.append(item)
+    return result
+
+
+def write(out: Path, records: list[ExportRecord], label_map: LabelMap, *, copy_images: bool = True) -> list[Path]:
+    """Write ``masks/<stem>.png`` (palette PNG, class indices) and ``images/`` under ``out``.
+
+    Returns:
+        The mask files written (and ``dataeng.json`` with provenance, when there is any).
+
+    Raises:
+        ValueError: a record does not fit its size or the label map, or has an unsafe name.
+    """
+    written: list[Path] = []
+    provenance: dict[str, object] = {}
+    for record in records:
+        check_record(record, label_map)
+        rel = safe_relative(record.image_name)
+        mask_path = out / FOLDER_NAMES[0] / rel.with_suffix(".png")
+        write_palette_mask(mask_path, record.mask)
+        if copy_images:
+            copy_image(record, out / IMAGE_FOLDER / rel)
+        if record.meta:
+            provenance[rel.as_posix()] = record.meta
+        written.append(mask_path)
+    if provenance:
+        atomic_write_text(out / "dataeng.json", json.dumps(provenance, indent=2, default=str))
+        written.append(out / "dataeng.json")
+    return written

@@ -1,0 +1,58 @@
+"""The folder layout shared by mask and alpha folders: label files matched to images by stem.
+
+Convention: a dataset folder holds ``images/`` and a label folder (``masks/`` for masks;
+``alpha/``, ``alphas/`` or ``mattes/`` for mattes). ``masks/a/b.png`` belongs to
+``images/a/b.<any image suffix>``. Either the dataset folder or the label folder itself
+may be given. Any other layout needs an explicit ``--format`` and the label folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dataeng.annotation.paths import resolve_inside
+
+IMAGE_FOLDER = "images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
+def label_folder(path: Path, names: tuple[str, ...], explicit: bool = False) -> Path | None:
+    """The label folder meant by ``path`` (a dataset folder or the label folder), or None.
+
+    Args:
+        path: what the user gave.
+        names: accepted label folder names (e.g. ``("masks",)``).
+        explicit: the format was named by the user: any folder of label files will do.
+    """
+    if not path.is_dir():
+        return None
+    for name in names:
+        if (path / name).is_dir() and (path / IMAGE_FOLDER).is_dir():
+            return path / name
+    if path.name in names and (path.parent / IMAGE_FOLDER).is_dir():
+        return path
+    if explicit:
+        return path
+    return None
+
+
+def pairs(folder: Path, root: Path) -> list[tuple[str, Path, Path | None]]:
+    """``(image name, label file, image file or None)`` for every label file under ``folder``.
+
+    The image name is the label file's path relative to ``folder`` with the image's suffix
+    (or the label's when no image is found).
+    """
+    images = folder.parent / IMAGE_FOLDER
+    found: list[tuple[str, Path, Path | None]] = []
+    for label in sorted(p for p in folder.rglob("*") if p.suffix.lower() in LABEL_SUFFIXES and p.is_file()):
+        rel = label.relative_to(folder).with_suffix("")
+        image: Path | None = None
+        for suffix in IMAGE_SUFFIXES:
+            candidate = resolve_inside(root, images, rel.as_posix() + suffix, path=label, field="file name")
+            if candidate.is_file():
+                image = candidate
+                break
+        name = (rel.as_posix() + image.suffix) if image is not None else label.relative_to(folder).as_posix()
+        found.append((name, label, image))
+    return found

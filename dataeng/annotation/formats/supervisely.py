@@ -1,0 +1,297 @@
+"""Supervisely JSON: a project folder ``meta.json`` + ``<dataset>/ann/*.json`` + ``<dataset>/img/``.
+
+Read: ``bitmap`` objects (``data`` = base64 of a zlib-compressed PNG, top-left pixel at
+``origin``), ``polygon`` objects (``points.exterior`` and ``points.interior`` holes) and
+``rectangle`` objects draw pixels; points, lines and other geometries are skipped with
+a notice. The annotation ``ann/<image name>.json`` belongs to ``img/<image name>``.
+A bad object refuses its image.
+
+Write: ``meta.json``, ``ds0/ann/<image_name>.json`` and ``ds0/img/<image_name>``; each
+class region is one ``bitmap`` object (default, exact) or, with
+``supervisely_shapes="polygon"``, one ``polygon`` per traced region with its holes as
+``interior``. Provenance goes into the image-level ``tags`` as ``dataeng_<key>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from dataeng.annotation.formats.export import (
+    atomic_write_text,
+    class_regions,
+    copy_image,
+    polygons_by_class,
+    safe_relative,
+)
+from dataeng.annotation.formats.result import ReadResult
+from dataeng.annotation.images import decode_mask_patch
+from dataeng.annotation.masks import ALPHA_MAX
+from dataeng.annotation.paths import resolve_inside
+from dataeng.annotation.rle import crop_to_content
+from dataeng.annotation.trace import DEFAULT_TOLERANCE
+from dataeng.annotation.types import IGNORE_LABEL, ExportRecord, ImageAnnotation, LabelMap, Shape
+from dataeng.errors import AnnotationError
+
+NAME = "supervisely"
+DATASET = "ds0"
+
+
+def _ann_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.json") if p.parent.name == "ann" or "ann" in p.parent.parts)
+
+
+def _looks_like(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("objects"), list) and isinstance(data.get("size"), dict)
+
+
+def detect(path: Path) -> bool:
+    """True for a Supervisely project folder (``meta.json`` + ``*/ann/``) or one ``ann`` JSON."""
+    if path.is_dir():
+        return (path / "meta.json").is_file() and (any(path.glob("*/ann")) or (path / "ann").is_dir())
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(65536)
+        if b'"objects"' not in head:
+            return False
+        return _looks_like(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def _ring(raw: Any, path: Path, field: str) -> tuple[tuple[float, float], ...]:
+    if not isinstance(raw, list):
+        raise AnnotationError("expected a list of [x, y]", path=path, field=field, value=raw)
+    ring = []
+    for j, point in enumerate(raw):
+        ok = isinstance(point, list) and len(point) == 2
+        ok = ok and all(not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in point)
+        if not ok:
+            raise AnnotationError("expected [x, y] finite numbers", path=path, field=f"{field}[{j}]", value=point)
+        ring.append((float(point[0]), float(point[1])))
+    return tuple(ring)
+
+
+def _bitmap(raw: Any, path: Path, field: str) -> tuple[np.ndarray, tuple[float, float]]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), str):
+        raise AnnotationError("expected {data, origin}", path=path, field=field, value=str(raw)[:60])
+    try:
+        png = zlib.decompress(base64.b64decode(raw["data"]))
+    except (binascii.Error, ValueError, zlib.error) as e:
+        raise AnnotationError(
+            f"not base64 zlib data: {e}", path=path, field=f"{field}.data", value=raw["data"][:40]
+        ) from e
+    patch = decode_mask_patch(png, path=path, field=f"{field}.data")
+    origin = _ring([raw.get("origin")], path, f"{field}.origin")[0]
+    return patch, origin
+
+
+def _object(obj: Any, where: str, path: Path, notices: list[str]) -> Shape | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("classTitle"), str):
+        raise AnnotationError("expected an object with a classTitle", path=path, field=where, value=str(obj)[:60])
+    label, geometry = obj["classTitle"], obj.get("geometryType")
+    attrs = {"tags": obj.get("tags", []), "id": obj.get("id")}
+    if geometry == "bitmap":
+        patch, origin = _bitmap(obj.get("bitmap"), path, f"{where}.bitmap")
+        return Shape(label, "bitmap", (origin,), bitmap=patch, attributes=attrs)
+    if geometry in ("polygon", "rectangle"):
+        points = obj.get("points")
+        if not isinstance(points, dict) or "exterior" not in points:
+            raise AnnotationError("missing points.exterior", path=path, field=f"{where}.points")
+        exterior = _ring(points["exterior"], path, f"{where}.points.exterior")
+        interior = points.get("interior") or []
+        if not isinstance(interior, list):
+            raise AnnotationError(
+                "expected a list of rings", path=path, field=f"{where}.points.interior", value=interior
+            )
+        holes = tuple(_ring(h, path, f"{where}.points.interior[{k}]") for k, h in enumerate(interior))
+        if geometry == "rectangle":
+            if len(exterior) != 2:
+                raise AnnotationError(
+                    "a rectangle needs 2 points", path=path, field=f"{where}.points.exterior", value=len(exterior)
+                )
+            (x0, y0), (x1, y1) = exterior
+            # Supervisely rectangles are inclusive pixel boxes.
+            return Shape(label, "rectangle", ((x0, y0), (x1 + 1, y1 + 1)), attributes=attrs)
+        if len(exterior) < 3:
+            raise AnnotationError(
+                "a polygon needs at least 3 points", path=path, field=f"{where}.points.exterior", value=len(exterior)
+            )
+        return Shape(label, "polygon", exterior, holes=holes, attributes=attrs)
+    notices.append(f"{path}: {where} geometry {geometry!r} ({label}) has no area; skipped")
+    return None
+
+
+def read_file(path: Path, root: Path) -> tuple[ImageAnnotation, list[str]]:
+    """Read one ``ann/*.json``.
+
+    Raises:
+        AnnotationError: unreadable or truncated JSON, not Supervisely, a bad object, or
+            an image path escaping ``root``.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"cannot read: {e}", path=path) from e
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"invalid JSON ({e.msg})", path=path, field=f"line {e.lineno}") from e
+    if not _looks_like(data):
+        raise AnnotationError("not a Supervisely annotation: needs 'size' and 'objects'", path=path, field="objects")
+    size = data["size"]
+    width, height = size.get("width"), size.get("height")
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        raise AnnotationError("expected positive integer width and height", path=path, field="size", value=size)
+    notices: list[str] = []
+    shapes = [_object(obj, f"objects[{k}]", path, notices) for k, obj in enumerate(data["objects"])]
+    ann_dir = next(p for p in path.parents if p.name == "ann")
+    rel = path.relative_to(ann_dir).as_posix()
+    name = rel[: -len(".json")]
+    image_path = resolve_inside(root, ann_dir.parent / "img", name, path=path, field="file name")
+    meta = {"tags": data.get("tags", []), "description": data.get("description", "")}
+    item = ImageAnnotation(
+        name,
+        image_path if image_path.is_file() else None,
+        width,
+        height,
+        tuple(s for s in shapes if s is not None),
+        NAME,
+        path,
+        meta=meta,
+    )
+    return item, notices
+
+
+def read(path: Path, *, root: Path | None = None) -> ReadResult:
+    """Read a Supervisely project folder, a dataset folder or one ``ann`` JSON.
+
+    Args:
+        path: project folder, dataset folder, or annotation file inside an ``ann/`` folder.
+        root: the folder image paths must stay in (default: the project folder).
+
+    Returns:
+        A :class:`ReadResult`, one item per annotation file.
+    """
+    result = ReadResult()
+    if path.is_dir():
+        files = _ann_files(path)
+        root = root if root is not None else path
+    else:
+        files = [path]
+        if root is None:
+            ann_dir = next((p for p in path.parents if p.name == "ann"), path.parent)
+            root = ann_dir.parent.parent if (ann_dir.parent.parent / "meta.json").is_file() else ann_dir.parent
+    for file in files:
+        try:
+            item, notices = read_file(file, root)
+        except (AnnotationError, StopIteration) as e:
+            err = e if isinstance(e, AnnotationError) else AnnotationError("not inside an ann/ folder", path=file)
+            result.problems.append(err)
+            continue
+        result.items.append(item)
+        result.notices.extend(notices)
+    return result
+
+
+def _encode_bitmap(patch: np.ndarray) -> str:
+    image = Image.fromarray(patch.astype(np.uint8), mode="L").convert("P")
+    image.putpalette([0, 0, 0, ALPHA_MAX, ALPHA_MAX, ALPHA_MAX])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)
+    return base64.b64encode(zlib.compress(buffer.getvalue())).decode("ascii")
+
+
+def _colour(index: int) -> str:
+    return f"#{(index * 2654435761) & 0xFFFFFF:06X}"
+
+
+def write(
+    out: Path,
+    records: list[ExportRecord],
+    label_map: LabelMap,
+    *,
+    supervisely_shapes: Literal["bitmap", "polygon"] = "bitmap",
+    tolerance: float = DEFAULT_TOLERANCE,
+    copy_images: bool = True,
+) -> list[Path]:
+    """Write a Supervisely project: ``meta.json``, ``ds0/ann/`` and ``ds0/img/``.
+
+    Args:
+        out: project folder.
+        records: the labelled images.
+        label_map: class names (plus ``__ignore__``).
+        supervisely_shapes: ``"bitmap"`` (exact) or ``"polygon"`` (traced, with interiors).
+        tolerance: polygon simplification in pixels.
+        copy_images: copy ``record.image_path`` into ``ds0/img/``.
+
+    Returns:
+        ``meta.json`` and the annotation files written.
+
+    Raises:
+        ValueError: a record does not fit its size or the label map, or has an unsafe name.
+    """
+    shape = "bitmap" if supervisely_shapes == "bitmap" else "polygon"
+    titles = [*label_map.classes, IGNORE_LABEL]
+    keys = sorted({key for record in records for key in record.meta})
+    meta = {
+        "classes": [{"title": t, "shape": shape, "color": _colour(i + 1)} for i, t in enumerate(titles)],
+        "tags": [
+            {"name": f"dataeng_{k}", "value_type": "any_string", "color": _colour(100 + i)} for i, k in enumerate(keys)
+        ],
+        "projectType": "images",
+    }
+    written = [out / "meta.json"]
+    atomic_write_text(written[0], json.dumps(meta, indent=2))
+    for record in records:
+        rel = safe_relative(record.image_name)
+        objects: list[dict[str, Any]] = []
+        if supervisely_shapes == "polygon":
+            for region, polygons in polygons_by_class(record, label_map, tolerance):
+                for polygon in polygons:
+                    objects.append(
+                        {
+                            "classTitle": region.label,
+                            "geometryType": "polygon",
+                            "tags": [],
+                            "points": {
+                                "exterior": [[x, y] for x, y in polygon.exterior],
+                                "interior": [[[x, y] for x, y in hole] for hole in polygon.holes],
+                            },
+                        }
+                    )
+        else:
+            for region in class_regions(record, label_map):
+                cropped = crop_to_content(region.pixels)
+                if cropped is None:
+                    continue
+                patch, origin = cropped
+                objects.append(
+                    {
+                        "classTitle": region.label,
+                        "geometryType": "bitmap",
+                        "tags": [],
+                        "bitmap": {"data": _encode_bitmap(patch), "origin": list(origin)},
+                    }
+                )
+        ann = {
+            "description": "",
+            "size": {"height": record.height, "width": record.width},
+            "tags": [{"name": f"dataeng_{k}", "value": str(v)} for k, v in record.meta.items()],
+            "objects": objects,
+        }
+        ann_path = out / DATASET / "ann" / f"{rel.as_posix()}.json"
+        atomic_write_text(ann_path, json.dumps(ann))
+        if copy_images:
+            copy_image(record, out / DATASET / "img" / rel)
+        written.append(ann_path)
+    return written

@@ -1,0 +1,100 @@
+"""``dataeng export labels``: the registry's active labels, out in any annotation format.
+
+Images go alongside (the format writers copy them; names are ``<split>/<stem>_<sha8><ext>``
+so that two source files with the same name never collide), ignore regions as
+``__ignore__`` shapes, provenance (label id, origin, source, run, round) in each
+format's metadata. Ingesting the export into a fresh workspace reproduces the masks and,
+because splits are a hash of image content, the splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dataeng.db.schema import Image, Label
+from dataeng.errors import NothingToDoError
+from dataeng.progress import NullProgress, Progress
+from dataeng.workspace import Workspace
+
+FORMAT_NAMES = {
+    "labelme": "labelme",
+    "cvat": "cvat",
+    "coco": "coco",
+    "supervisely": "supervisely",
+    "masks": "mask_folder",
+}
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    out: Path
+    format: str
+    labels: int
+    files: int
+
+
+def export_labels(
+    session: Session,
+    workspace: Workspace,
+    out: Path,
+    fmt: Literal["labelme", "cvat", "coco", "supervisely", "masks"],
+    *,
+    split: Literal["train", "val", "test", "all"] = "all",
+    origin: Literal["human", "pseudo", "all"] = "all",
+    progress: Progress | None = None,
+) -> ExportSummary:
+    """Write the active labels (filtered by split and origin) to ``out`` in format ``fmt``.
+
+    Raises:
+        NothingToDoError: no label matches the filters.
+    """
+    from dataeng.annotation.formats import get_format
+    from dataeng.annotation.masks import read_alpha, read_mask
+    from dataeng.annotation.types import ExportRecord, LabelMap
+
+    progress = progress or NullProgress()
+    stmt = select(Label, Image).join(Image, Image.id == Label.image_id).where(Label.status == "active")
+    if split != "all":
+        stmt = stmt.where(Image.split == split)
+    if origin != "all":
+        stmt = stmt.where(Label.origin == origin)
+    rows = session.execute(stmt.order_by(Image.split, Label.id)).all()
+    if not rows:
+        raise NothingToDoError(f"no active labels with split={split} origin={origin}; nothing exported")
+    progress.task("exporting labels", len(rows))
+    records = []
+    for label, image in rows:
+        stem = Path(image.original_path).stem
+        ext = Path(image.store_path).suffix
+        records.append(
+            ExportRecord(
+                image_name=f"{image.split}/{stem}_{image.sha256[:8]}{ext}",
+                width=image.width,
+                height=image.height,
+                mask=read_mask(workspace.root / label.mask_path),
+                alpha=read_alpha(workspace.root / label.alpha_path) if label.alpha_path else None,
+                image_path=workspace.root / image.store_path,
+                meta={
+                    "label_id": label.id,
+                    "origin": label.origin,
+                    "source": label.source,
+                    "run_id": label.run_id,
+                    "round": label.round,
+                    "split": image.split,
+                    "image_sha256": image.sha256,
+                },
+            )
+        )
+        progress.advance()
+    label_map = LabelMap(workspace.config.classes, workspace.config.aliases)
+    files = get_format(FORMAT_NAMES[fmt]).write(out, records, label_map)
+    if fmt == "masks" and any(r.alpha is not None for r in records):
+        files += get_format("alpha_folder").write(
+            out, [r for r in records if r.alpha is not None], label_map, copy_images=False
+        )
+    return ExportSummary(out=out, format=fmt, labels=len(records), files=len(files))
