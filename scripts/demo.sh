@@ -18,8 +18,8 @@ echo "== 2. workspace"
 dataeng init "$DEMO/ws" --classes person
 export DATAENG_WORKSPACE="$DEMO/ws"
 
-echo "== 3. ingest images"
-dataeng ingest "$DEMO/data/images" "$DEMO/data/unlabeled"
+echo "== 3. ingest: labelled images with their masks and mattes, and the unlabelled pool"
+dataeng ingest "$DEMO/data/images" "$DEMO/data/masks" "$DEMO/data/alpha" "$DEMO/data/unlabeled"
 
 echo "== 4. status"
 dataeng status
