@@ -160,9 +160,12 @@ def synth(
             unlabeled=unlabeled,
             seed=seed,
             size_range=(min_size, max_size),
-            progress=lambda k: progress.advance(k),
+            progress=lambda _done: progress.advance(1),
         )
-    console.print(f"wrote {summary} to {out}")
+    console.print(
+        f"wrote {summary.n} labelled (images/, masks/, alpha/, labelme/) and {summary.unlabeled} unlabelled "
+        f"(unlabeled/, ground truth in truth/) portraits to {out} in {summary.seconds:.1f} s"
+    )
 
 
 @export_app.command("labels")

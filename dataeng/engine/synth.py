@@ -83,13 +83,15 @@ def generate(
     seed: int = 0,
     size_range: tuple[int, int] = (64, 512),
     progress: Callable[[int], None] | None = None,
+    labelme: bool = True,
 ) -> SynthSummary:
     """Write ``n`` labelled and ``unlabeled`` unlabelled synthetic portraits under ``out``.
 
     Layout: ``images/<name>.jpg``, ``masks/<name>.png`` (0 background, 1 person) and
     ``alpha/<name>.png`` (uint8 matte) for the labelled set; ``unlabeled/<name>.jpg`` with
     its ground truth in ``truth/masks/`` and ``truth/alpha/``; and ``synth.json`` (seed,
-    counts, size range, names). Names are ``synth_00000`` ... in one sequence, labelled
+    counts, size range, names); with ``labelme``, also ``labelme/<name>.json`` + image, the
+    same masks as Labelme polygons (traced, holes kept). Names are ``synth_00000`` ... in one sequence, labelled
     first. Every file is written atomically; existing files of the same name are replaced.
 
     Args:
@@ -99,6 +101,7 @@ def generate(
         seed: non-negative seed; the same seed gives byte-identical files.
         size_range: inclusive (min, max) of each image side in pixels, min >= 16.
         progress: called after each sample with the number of samples written so far.
+        labelme: also write the labelled set as Labelme JSON (through the Labelme writer).
 
     Returns:
         A :class:`SynthSummary`.
@@ -135,6 +138,8 @@ def generate(
         _write_jpeg(image_dir / f"{name}.jpg", image, quality)
         write_mask(mask_dir / f"{name}.png", alpha_to_mask(alpha_u8))
         write_alpha(alpha_dir / f"{name}.png", alpha_u8)
+        if index < n and labelme:
+            _write_labelme(out / "labelme", image_dir / f"{name}.jpg", alpha_to_mask(alpha_u8))
         if progress is not None:
             progress(index + 1)
     record = {
@@ -157,6 +162,14 @@ def generate(
     )
 
 
+def _write_labelme(folder: Path, image_path: Path, mask: np.ndarray) -> None:
+    from dataeng.annotation.formats import labelme
+    from dataeng.annotation.types import ExportRecord, LabelMap
+
+    record = ExportRecord(image_path.name, mask.shape[1], mask.shape[0], mask, image_path=image_path)
+    labelme.write(folder, [record], LabelMap(["person"]))
+
+
 def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic portrait in memory.
 
@@ -167,7 +180,7 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
 
     Returns:
         ``(image, alpha)``: RGB uint8 of shape (height, width, 3) and float32 alpha in
-        [0, 1] of shape (height, width), quantised to multiples of 1/255 so that the
+        [0, 1] of shape (height, width), quantised to the 8-bit grid (multiples of 1/ALPHA_MAX) so the
         stored 8-bit matte is exactly the one the image was composited with. About 5% of
         samples have no person (alpha all zero).
 
@@ -207,18 +220,18 @@ def _draw_size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0.0, 255.0, size=3).astype(np.float32)
+    return rng.uniform(0.0, float(ALPHA_MAX), size=3).astype(np.float32)
 
 
 def _skin(rng: np.random.Generator) -> np.ndarray:
     t = rng.random()
     tone = (1.0 - t) * _SKIN_LIGHT + t * _SKIN_DARK + rng.normal(0.0, 8.0, size=3)
-    return np.clip(tone, 0.0, 255.0).astype(np.float32)
+    return np.clip(tone, 0.0, float(ALPHA_MAX)).astype(np.float32)
 
 
 def _texture(rng: np.random.Generator, height: int, width: int, colour: np.ndarray) -> np.ndarray:
     """A uint8 RGB patch: solid, gradient, stripes, checks or blotchy noise between two colours."""
-    second = _colour(rng) if rng.random() < 0.5 else np.clip(colour + rng.normal(0, 50, 3), 0, 255)
+    second = _colour(rng) if rng.random() < 0.5 else np.clip(colour + rng.normal(0, 50, 3), 0, ALPHA_MAX)
     kind = int(rng.integers(5))
     theta = rng.uniform(0.0, math.pi)
     period = rng.uniform(3.0, 24.0)

@@ -58,6 +58,7 @@ def test_layout_counts_and_record(synth: SynthSummary) -> None:
     expected |= {f"{d}/{s}.png" for d in ("masks", "alpha") for s in names[:N]}
     expected |= {f"unlabeled/{s}.jpg" for s in names[N:]}
     expected |= {f"truth/{d}/{s}.png" for d in ("masks", "alpha") for s in names[N:]}
+    expected |= {f"labelme/{s}.{ext}" for s in names[:N] for ext in ("jpg", "json")}
     expected |= {"synth.json"}
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert files == expected  # also: no temporary files left behind
@@ -171,3 +172,20 @@ def test_render_shapes_ranges_and_determinism(seed: int, height: int, width: int
     # Quantised to the 8-bit grid, so the stored matte is the one the image was made with.
     assert np.array_equal(np.rint(alpha * ALPHA_MAX) / np.float32(ALPHA_MAX), alpha)
     assert np.array_equal(image, again) and np.array_equal(alpha, alpha_again)
+
+
+def test_labelme_files_load_in_labelme_and_match_the_masks(synth: SynthSummary) -> None:
+    from labelme import LabelFile
+
+    from dataeng.annotation.formats import labelme as labelme_format
+    from dataeng.annotation.rasterize import rasterize
+    from dataeng.annotation.types import LabelMap
+
+    for name in synth.names:
+        path = synth.out / "labelme" / f"{name}.json"
+        LabelFile(str(path))  # labelme's own loader accepts it
+        item = labelme_format.read(path).items[0]
+        mask = np.asarray(Image.open(synth.out / "masks" / f"{name}.png"))
+        drawn = rasterize(item, LabelMap(["person"]), mask.shape[1], mask.shape[0]).mask
+        union = np.logical_or(drawn == 1, mask == 1).sum()
+        assert union == 0 or np.logical_and(drawn == 1, mask == 1).sum() / union >= 0.97
