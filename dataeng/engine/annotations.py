@@ -177,13 +177,13 @@ def register_labels(
     """Rasterise and store one human label per annotated, registered image.
 
     Args:
-        image_ids: absolute image path -> image id, from the image phase of ingest.
+        image_ids: real (symlink-resolved) image path -> image id, from the image phase of ingest.
     """
     progress = progress or NullProgress()
     by_image: dict[int, list[tuple[str, object]]] = defaultdict(list)
     for name, item in items:
         image_path = getattr(item, "image_path", None)
-        image_id = image_ids.get(os.path.abspath(image_path)) if image_path is not None else None
+        image_id = image_ids.get(os.path.realpath(image_path)) if image_path is not None else None
         if image_id is None:
             where = getattr(item, "annotation_path", "?")
             what = getattr(item, "image_name", "?")

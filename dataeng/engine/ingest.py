@@ -93,7 +93,7 @@ def collect_images(inputs: Sequence[str | Path], exclude: Sequence[Path] = ()) -
     missing: list[Refused] = []
 
     def add(p: Path) -> None:
-        key = os.path.abspath(p)
+        key = os.path.realpath(p)
         if not (skip and (key + os.sep).startswith(skip)) and not (skip and key.startswith(skip)):
             found.setdefault(key, p)
 
@@ -103,7 +103,7 @@ def collect_images(inputs: Sequence[str | Path], exclude: Sequence[Path] = ()) -
         if p.is_dir():
             for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                if skip and (os.path.abspath(dirpath) + os.sep).startswith(skip):
+                if skip and (os.path.realpath(dirpath) + os.sep).startswith(skip):
                     dirnames[:] = []
                     continue
                 base = Path(dirpath)
@@ -175,10 +175,10 @@ def ingest(
         raise ann_problems[0]
     items = _materialise_embedded(workspace, items)
     paths, refused = collect_images(inputs, sets.label_dirs)
-    known_paths = {os.path.abspath(p) for p in paths}
+    known_paths = {os.path.realpath(p) for p in paths}
     for extra in image_files_of(items):  # images an annotation names outside the inputs
-        if os.path.abspath(extra) not in known_paths:
-            known_paths.add(os.path.abspath(extra))
+        if os.path.realpath(extra) not in known_paths:
+            known_paths.add(os.path.realpath(extra))
             paths.append(extra)
     summary.scanned = len(paths)
     inspected = _inspect_all(paths, workspace, cfg.workers if workers is None else workers, cfg, progress, refused)
@@ -312,7 +312,7 @@ def _register_chunk(
         if existing is not None or r.sha256 in fresh_shas:
             summary.duplicates += 1
             if existing is not None:
-                summary.image_ids[os.path.abspath(r.path)] = existing
+                summary.image_ids[os.path.realpath(r.path)] = existing
             else:
                 same_as_fresh.append(r)
             continue
@@ -366,9 +366,9 @@ def _register_chunk(
     if new_groups:
         conn.exec_driver_sql("UPDATE images SET group_id = ? WHERE id = ?", new_groups)
     for r in same_as_fresh:
-        summary.image_ids[os.path.abspath(r.path)] = ids[r.sha256]
+        summary.image_ids[os.path.realpath(r.path)] = ids[r.sha256]
     for r, g in zip(fresh, group_of, strict=True):
-        summary.image_ids[os.path.abspath(r.path)] = ids[r.sha256]
+        summary.image_ids[os.path.realpath(r.path)] = ids[r.sha256]
         summary.added += 1
         summary.per_split[g[2]] += 1
 
