@@ -30,7 +30,7 @@ Origin = Literal["human", "pseudo"]
 LabelSource = Literal["labelme", "cvat", "coco", "supervisely", "mask", "alpha", "review", "teacher"]
 LabelStatus = Literal["active", "superseded", "needs_review", "rejected"]
 RunKind = Literal["train", "pseudolabel", "evaluate"]
-RunStatus = Literal["running", "finished", "failed"]
+RunStatus = Literal["running", "finished", "failed", "imported"]  # imported: a teacher checkpoint from outside
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
@@ -173,3 +173,63 @@ class Review(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     imported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ImageMetric(Base):
+    """One image's metrics in one evaluation (a train run's test pass or an evaluate run).
+
+    ``run_id`` is the run that measured, ``model_run_id`` the train run whose checkpoint
+    was measured (equal for a train run's own test pass). Images from an external folder
+    have no ``image_id`` and are named by ``path``. The report sorts these to show the
+    worst images.
+    """
+
+    __tablename__ = "image_metrics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    model_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True, default=None)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), index=True, default=None)
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), default=None)
+    path: Mapped[str | None] = mapped_column(Text, default=None)
+    split: Mapped[str] = mapped_column(String(16))
+    iou: Mapped[float] = mapped_column(Float)
+    miou: Mapped[float] = mapped_column(Float)
+    fwiou: Mapped[float] = mapped_column(Float)
+    pixel_accuracy: Mapped[float] = mapped_column(Float)
+    boundary_f1: Mapped[float] = mapped_column(Float)
+    boundary_iou: Mapped[float] = mapped_column(Float)
+    mae: Mapped[float | None] = mapped_column(Float, default=None)
+    sad: Mapped[float | None] = mapped_column(Float, default=None)
+    mse: Mapped[float | None] = mapped_column(Float, default=None)
+    grad: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_image_metrics_run_iou", "run_id", "iou"),)
+
+
+class Round(Base):
+    """One ``dataeng round``: the teacher it started from, what it added, what the student scored.
+
+    Round 0 trains the first (supervised) teacher on human labels only. In round r >= 1 the
+    teacher pseudo-labels (``pseudolabel_run_id``), a student trains on human + accepted
+    pseudo-labels (``student_run_id``), and the student becomes the teacher only when
+    ``promoted`` (it beat the teacher on val mIoU). ``metrics`` holds both val mIoUs and the
+    student's test metrics.
+    """
+
+    __tablename__ = "rounds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, index=True)
+    teacher_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
+    pseudolabel_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
+    student_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
+    promoted: Mapped[bool | None] = mapped_column(default=None)
+    accepted: Mapped[int] = mapped_column(Integer, default=0)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    superseded: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -1,0 +1,510 @@
+"""Pseudo-label the unlabelled train images with a teacher model.
+
+The kernel (:func:`label_from_probabilities`) is pure numpy: per pixel, class = argmax
+and confidence = max probability; pixels below ``pixel_threshold`` become IGNORE_INDEX.
+Per image it scores the confident fraction, the mean confidence and the stability
+(IoU of the foreground masks at ``p > 0.5 - d`` and ``p > 0.5 + d``, p = 1 - P(background)).
+An image whose three scores pass ``accept`` becomes an ``active`` pseudo-label; the others
+become ``needs_review``, ranked by :func:`uncertainty` (most uncertain first).
+
+The engine (:func:`pseudolabel`) streams: DataLoader workers decode and resize, the main
+thread runs the teacher (flip TTA averaged), one writer thread resizes the probabilities
+back, applies the kernel and writes the PNGs to a staging folder of the run; the main
+thread then registers each batch in one transaction (insert rows, move the staged files
+to their ``mask_rel(label_id)`` paths, supersede older pseudo-labels, commit).
+
+A kill loses at most the uncommitted batches (their staged files are rewritten by the
+next run); the next run skips every image that already has a label from this teacher,
+so nothing is done twice and nothing is duplicated.
+
+Example::
+
+    session = ws.new_session()
+    try:
+        result = pseudolabel(ws, session, teacher="best")
+    finally:
+        session.close()
+    result.accepted, result.queued
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from sqlalchemy import exists, or_, select, update
+
+from dataeng.annotation.masks import write_confidence, write_mask
+from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX
+from dataeng.config import AcceptConfig, PseudolabelConfig
+from dataeng.db.schema import Image, Label, Problem, Run, utcnow
+from dataeng.engine.data import Sample
+from dataeng.errors import DataEngError, ModelError, NothingToDoError
+from dataeng.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    import torch
+    from sqlalchemy.orm import Session
+
+    from dataeng.models.checkpoint import Checkpoint
+    from dataeng.workspace import Workspace
+
+Tta = Literal["flip", "none"]
+COMMIT_EVERY = 64
+"""Images registered per transaction: few enough to lose little on a kill, enough to amortise the commit."""
+
+_INFLIGHT = 3  # inference batches queued for the writer thread before the main thread waits
+
+
+# ---------------------------------------------------------------- kernel (pure)
+@dataclass(frozen=True)
+class PseudoScores:
+    """Per-image scores of a teacher's prediction, all in [0, 1].
+
+    Attributes:
+        confident_fraction: share of pixels with confidence >= pixel_threshold.
+        mean_confidence: mean over pixels of the max class probability.
+        stability: IoU of the foreground masks at p > 0.5 - d and p > 0.5 + d
+            (1.0 when both are empty: nothing there, confidently).
+    """
+
+    confident_fraction: float
+    mean_confidence: float
+    stability: float
+
+
+@dataclass(frozen=True)
+class PseudoMask:
+    """A thresholded pseudo-label: class-index mask with IGNORE_INDEX, confidence, scores."""
+
+    mask: np.ndarray = field(repr=False)
+    confidence: np.ndarray = field(repr=False)
+    scores: PseudoScores
+
+
+def label_from_probabilities(probs: np.ndarray, pixel_threshold: float, stability_delta: float) -> PseudoMask:
+    """Turn class probabilities into a pseudo-label and its scores.
+
+    Args:
+        probs: (K, H, W) float probabilities summing to 1 over K (K = 2 for a binary
+            model: background, person); index k is class index k of the mask.
+        pixel_threshold: pixels whose max probability is below it become IGNORE_INDEX.
+        stability_delta: d of the stability score.
+
+    Returns:
+        The uint8 mask (0..K-1 or IGNORE_INDEX), the float32 confidence map, the scores.
+
+    Example:
+        >>> p = np.array([[[0.99, 0.4]], [[0.01, 0.6]]], np.float32)  # 1x2 image
+        >>> label_from_probabilities(p, 0.95, 0.1).mask.tolist()
+        [[0, 255]]
+    """
+    if probs.ndim != 3 or probs.shape[0] < 2:
+        raise ValueError(f"probs must be (K >= 2, H, W), got shape {probs.shape}")
+    confidence = probs.max(axis=0).astype(np.float32)
+    mask = probs.argmax(axis=0).astype(np.uint8)
+    confident = confidence >= pixel_threshold
+    mask[~confident] = IGNORE_INDEX
+    foreground = 1.0 - probs[BACKGROUND]
+    scores = PseudoScores(
+        confident_fraction=float(confident.mean()),
+        mean_confidence=float(confidence.mean()),
+        stability=stability(foreground, stability_delta),
+    )
+    return PseudoMask(mask, confidence, scores)
+
+
+def stability(foreground: np.ndarray, delta: float) -> float:
+    """IoU of ``foreground > 0.5 - delta`` and ``foreground > 0.5 + delta``.
+
+    The high mask lies inside the low one, so the IoU is |high| / |low|: the share of the
+    loosely-predicted person that the model is also sure of. Both empty gives 1.0.
+    """
+    low = int(np.count_nonzero(foreground > 0.5 - delta))
+    high = int(np.count_nonzero(foreground > 0.5 + delta))
+    return 1.0 if low == 0 else high / low
+
+
+def accepts(scores: PseudoScores, accept: AcceptConfig) -> bool:
+    """True when all three scores reach their ``accept`` minimum."""
+    return (scores.confident_fraction >= accept.min_confident_fraction
+            and scores.mean_confidence >= accept.min_mean_confidence
+            and scores.stability >= accept.min_stability)
+
+
+def uncertainty(confident_fraction: float, stability: float) -> float:
+    """Review priority of a pseudo-label: ``1 - confident_fraction * stability`` (higher first).
+
+    It grows with the share of pixels the annotator must fill in (ignored) and with how
+    much of the person's outline moves with the threshold; both are what a correction
+    costs. The review queue sorts ``needs_review`` labels by it, descending.
+    """
+    return 1.0 - confident_fraction * stability
+
+
+# ---------------------------------------------------------------- teacher
+@dataclass(frozen=True)
+class Teacher:
+    """A resolved teacher: its train run, checkpoint and training round."""
+
+    run_id: int
+    checkpoint: Checkpoint
+    round: int | None
+
+
+def rejected_students(session: Session) -> set[int]:
+    """Train runs that a round refused to promote; they never become the default teacher."""
+    from dataeng.db.schema import Round
+
+    return set(session.scalars(select(Round.student_run_id).where(
+        Round.promoted.is_(False), Round.student_run_id.is_not(None))))
+
+
+def best_teacher_run(session: Session) -> Run | None:
+    """The finished train run with the best val mIoU (newest on a tie or without val), not a
+    student a round refused to promote; None when there is no finished train run."""
+    runs = session.scalars(select(Run).where(Run.kind == "train", Run.status == "finished",
+                                             Run.checkpoint_path.is_not(None)).order_by(Run.id)).all()
+    refused = rejected_students(session)
+    best, best_key = None, (-2.0, -1)
+    for run in runs:
+        if run.id in refused:
+            continue
+        val = (run.metrics or {}).get("val") or {}
+        key = (float(val.get("miou", -1.0)), run.id)
+        if key > best_key:
+            best, best_key = run, key
+    return best
+
+
+def resolve_teacher(workspace: Workspace, session: Session, teacher: str | None = None) -> Teacher:
+    """Find and load the teacher: ``None``/``best``, a train run id, or a checkpoint file.
+
+    A checkpoint file from outside the registry is copied into ``runs/<id>/`` and
+    registered as a train run with status ``imported``, so every pseudo-label it makes
+    still points at its teacher (the same file, by sha256, is registered once).
+
+    Raises:
+        ModelError: no finished train run, no such run or file, a file that is not a
+            dataeng checkpoint (refused without unpickling), or a checkpoint made for
+            other classes or an architecture its weights do not fit.
+    """
+    from dataeng.models.checkpoint import load_checkpoint
+
+    if teacher in (None, "best"):
+        run = best_teacher_run(session)
+        if run is None:
+            raise ModelError("no finished train run to use as teacher; run `dataeng train` or `dataeng round` "
+                             "first, or pass --teacher PATH", field="teacher", value=teacher)
+    elif teacher.isdigit():
+        run = session.get(Run, int(teacher))
+        if run is None or run.kind != "train" or run.checkpoint_path is None:
+            raise ModelError("no train run with a checkpoint has this id", field="teacher", value=teacher)
+    else:
+        run = _import_checkpoint(workspace, session, Path(teacher))
+    path = workspace.root / str(run.checkpoint_path)
+    ckpt = load_checkpoint(path)
+    classes = list(workspace.config.classes)
+    if list(ckpt.meta["classes"]) != classes:
+        raise ModelError(f"teacher was trained on classes {list(ckpt.meta['classes'])}, this workspace has "
+                         f"{classes}", path=path, field="classes", value=list(ckpt.meta["classes"]))
+    for key in ("arch", "encoder"):
+        want = (run.config or {}).get(key)
+        if want is not None and want != ckpt.meta[key]:
+            raise ModelError(f"checkpoint says {key}={ckpt.meta[key]!r} but its run was {want!r}", path=path,
+                             field=key, value=ckpt.meta[key])
+    return Teacher(run.id, ckpt, run.round)
+
+
+def _import_checkpoint(workspace: Workspace, session: Session, path: Path) -> Run:
+    from dataeng.engine.train import file_sha256
+    from dataeng.models.checkpoint import load_checkpoint
+
+    if not path.is_file():
+        raise ModelError("teacher is neither 'best', a train run id nor a checkpoint file", path=path,
+                         field="teacher")
+    ckpt = load_checkpoint(path)  # refuses a non-checkpoint before anything is registered
+    sha = file_sha256(path)
+    for run in session.scalars(select(Run).where(Run.kind == "train", Run.status == "imported")):
+        if (run.config or {}).get("sha256") == sha:
+            return run
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("arch", "encoder", "encoder_depth", "classes", "image_size")}
+    run = Run(kind="train", status="imported", config={**meta, "imported_from": str(path.resolve()), "sha256": sha},
+              finished_at=utcnow())
+    session.add(run)
+    session.flush()
+    dest = workspace.run_dir(run.id) / "checkpoint.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    run.checkpoint_path = str(dest.relative_to(workspace.root))
+    session.commit()
+    return run
+
+
+# ---------------------------------------------------------------- inference
+def teacher_probabilities(model: torch.nn.Module, inputs: torch.Tensor, device: torch.device,
+                          tta: Tta = "flip") -> torch.Tensor:
+    """(B, K, h, w) probabilities of a uint8 (B, 3, h, w) batch, averaged with the
+    horizontally flipped view (flipped back) when ``tta`` is ``flip``."""
+    import torch
+
+    from dataeng.engine.evaluate import predict_probabilities
+
+    amp = None
+    if device.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if tta == "none":
+        return predict_probabilities(model, inputs, device, amp)
+    # One forward over both views: one large batch is faster than two small ones.
+    both = predict_probabilities(model, torch.cat([inputs, inputs.flip(-1)]), device, amp)
+    n = inputs.shape[0]
+    return (both[:n] + both[n:].flip(-1)) / 2
+
+
+@dataclass(frozen=True)
+class PseudolabelResult:
+    """What one pseudolabel run did.
+
+    Attributes:
+        run_id: the ``pseudolabel`` run row; teacher_run_id: the train run that predicted.
+        candidates: images it set out to label; labelled = accepted + queued.
+        accepted: new ``active`` pseudo-labels; queued: new ``needs_review`` ones.
+        superseded: older pseudo-labels (other teachers) replaced.
+        problems: images that could not be read (recorded as ``problems`` rows).
+        skipped: images a concurrent human label claimed while this run worked.
+    """
+
+    run_id: int
+    teacher_run_id: int
+    round: int | None
+    candidates: int
+    accepted: int
+    queued: int
+    superseded: int
+    problems: int
+    skipped: int
+    seconds: float
+    images_per_s: float
+
+    @property
+    def labelled(self) -> int:
+        return self.accepted + self.queued
+
+
+@dataclass
+class _Done:
+    """One image after the writer thread: staged files and scores, or an error."""
+
+    image_id: int
+    image_path: str
+    scores: PseudoScores | None = None
+    accepted: bool = False
+    staged_mask: Path | None = None
+    staged_conf: Path | None = None
+    error: str | None = None
+
+
+def candidate_images(session: Session, teacher_run_id: int, shard: tuple[int, int] = (0, 1),
+                     limit: int | None = None) -> list[Image]:
+    """Train images to pseudo-label, by id: no human label in use, no label from this teacher.
+
+    Args:
+        shard: (i, n): only images with ``id % n == i``.
+        limit: at most this many (the lowest ids).
+    """
+    i, n = shard
+    human = exists().where(Label.image_id == Image.id, Label.origin == "human",
+                           Label.status.in_(("active", "needs_review")))
+    mine = exists().where(Label.image_id == Image.id, Label.run_id == teacher_run_id, Label.origin == "pseudo")
+    q = (select(Image).where(Image.split == "train", ~human, ~mine, Image.id % n == i).order_by(Image.id))
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def pseudolabel(
+    workspace: Workspace,
+    session: Session,
+    teacher: str | None = None,
+    *,
+    config: PseudolabelConfig | None = None,
+    round: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    limit: int | None = None,
+    device: str | None = None,
+    num_workers: int | None = None,
+    commit_every: int = COMMIT_EVERY,
+    progress: Progress | None = None,
+) -> PseudolabelResult:
+    """Run the teacher over the train images without a human label and register the results.
+
+    Args:
+        workspace: the open workspace; session: committed per batch (the caller closes it).
+        teacher: ``best`` (default), a train run id, or a checkpoint file (see :func:`resolve_teacher`).
+        config: thresholds, TTA, batch size and accept rule (default: the workspace's ``[pseudolabel]``).
+        round: recorded on each label (default: the teacher's round + 1).
+        shard: (i, n) to split the work across processes; limit: at most this many images.
+        device, num_workers: default ``[train]`` device and workers.
+        commit_every: images per transaction.
+        progress: advanced once per inference batch, with accepted/queued counts.
+
+    Returns:
+        The run's counts and throughput.
+
+    Raises:
+        ModelError: no usable teacher (see :func:`resolve_teacher`).
+        NothingToDoError: every train image is human-labelled or already labelled by this teacher.
+        DataEngError: an invalid shard.
+    """
+    from dataeng.engine.data import eval_loader
+    from dataeng.engine.loop import resolve_device
+    from dataeng.engine.train import code_version
+    from dataeng.models.checkpoint import model_from_checkpoint
+
+    config = config or workspace.config.pseudolabel
+    progress = progress or NullProgress()
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise DataEngError("shard must be i/n with 0 <= i < n", field="shard", value=f"{i}/{n}")
+    resolved = resolve_teacher(workspace, session, teacher)
+    model = model_from_checkpoint(resolved.checkpoint)  # a weights/architecture mismatch fails here
+    images = candidate_images(session, resolved.run_id, shard, limit)
+    session.commit()  # end the read transaction before the long job
+    if not images:
+        raise NothingToDoError(f"nothing to pseudo-label: every train image{'' if n == 1 else f' of shard {i}/{n}'} "
+                               f"has a human label or a label from teacher run {resolved.run_id}")
+    round = round if round is not None else (resolved.round or 0) + 1
+    torch_device = resolve_device(device or workspace.config.train.device)
+    model = model.to(torch_device).eval()
+    image_size = tuple(resolved.checkpoint.meta["image_size"])
+    run = Run(kind="pseudolabel", round=round, teacher_run_id=resolved.run_id, status="running",
+              code_version=code_version(), device=str(torch_device),
+              config={**config.model_dump(mode="json"), "teacher": resolved.run_id, "shard": [i, n],
+                      "limit": limit, "image_size": list(image_size), "candidates": len(images)})
+    session.add(run)
+    session.commit()
+    staging = workspace.run_dir(run.id) / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    samples = [Sample(image_path=workspace.image_path(im.store_path), image_id=im.id) for im in images]
+    workers = num_workers if num_workers is not None else workspace.config.train.num_workers
+    counts = {"accepted": 0, "queued": 0, "superseded": 0, "problems": 0, "skipped": 0}
+    started = time.perf_counter()
+    progress.task(f"pseudo-labelling (teacher run {resolved.run_id})", len(samples))
+    pending: list[_Done] = []
+    inflight: deque[Future[list[_Done]]] = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudolabel-writer") as writer:
+            for batch in eval_loader(samples, image_size, config.batch_size, min(workers, len(samples))):
+                probs = teacher_probabilities(model, batch["input"], torch_device, config.tta).cpu().numpy()
+                inflight.append(writer.submit(_post_process, probs, batch["items"], samples, staging, config))
+                while inflight and (len(inflight) > _INFLIGHT or inflight[0].done()):
+                    pending += inflight.popleft().result()
+                if len(pending) >= commit_every:
+                    _register(workspace, session, pending, resolved.run_id, run.id, round, counts)
+                    pending = []
+                progress.advance(len(batch["items"]), accepted=counts["accepted"], queued=counts["queued"])
+            while inflight:
+                pending += inflight.popleft().result()
+        _register(workspace, session, pending, resolved.run_id, run.id, round, counts)
+    except BaseException:
+        session.rollback()
+        run.status, run.finished_at = "failed", utcnow()
+        session.commit()
+        raise
+    seconds = time.perf_counter() - started
+    rate = len(samples) / max(seconds, 1e-9)
+    run.metrics = {**counts, "candidates": len(samples), "seconds": seconds, "images_per_s": rate}
+    run.status, run.finished_at = "finished", utcnow()
+    session.commit()
+    shutil.rmtree(staging, ignore_errors=True)
+    return PseudolabelResult(run.id, resolved.run_id, round, len(samples), counts["accepted"], counts["queued"],
+                             counts["superseded"], counts["problems"], counts["skipped"], seconds, rate)
+
+
+def _post_process(probs: np.ndarray, items: list[dict[str, Any]], samples: list[Sample], staging: Path,
+                  config: PseudolabelConfig) -> list[_Done]:
+    """Writer thread: resize to the image, threshold, score, write the staged PNGs."""
+    import cv2
+
+    out = []
+    for k, item in enumerate(items):
+        sample = samples[item["index"]]
+        assert sample.image_id is not None
+        done = _Done(sample.image_id, str(sample.image_path))
+        if item["error"] is not None:
+            done.error = item["error"]
+            out.append(done)
+            continue
+        h, w = item["shape"]
+        # cv2 resizes all K channels at once (H, W, K layout) and releases the GIL.
+        full = cv2.resize(np.ascontiguousarray(probs[k].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
+        full = full.reshape(h, w, -1).transpose(2, 0, 1)
+        label = label_from_probabilities(full, config.pixel_threshold, config.stability_delta)
+        done.scores, done.accepted = label.scores, accepts(label.scores, config.accept)
+        done.staged_mask = staging / f"{sample.image_id}.mask.png"
+        done.staged_conf = staging / f"{sample.image_id}.conf.png"
+        write_mask(done.staged_mask, label.mask)
+        write_confidence(done.staged_conf, label.confidence)
+        out.append(done)
+    return out
+
+
+def _register(workspace: Workspace, session: Session, done: list[_Done], teacher_run_id: int, run_id: int,
+              round: int, counts: dict[str, int]) -> None:
+    """One transaction: problems, supersede older pseudo-labels, insert labels, move files into place."""
+    if not done:
+        return
+    for d in done:
+        if d.error is not None:
+            session.add(Problem(run_id=run_id, path=d.image_path, kind="missing_image", field="store_path",
+                                message=f"image {d.image_id} cannot be read since ingest: {d.error}"))
+            counts["problems"] += 1
+    ok = [d for d in done if d.error is None]
+    ids = [d.image_id for d in ok]
+    # Re-checked inside the transaction: a human label that arrived meanwhile always wins.
+    claimed = set(session.scalars(select(Label.image_id).where(
+        Label.image_id.in_(ids), Label.origin == "human", Label.status.in_(("active", "needs_review")))))
+    older = dict(session.execute(select(Label.image_id, Label.id).where(
+        Label.image_id.in_(ids), Label.origin == "pseudo", Label.status.in_(("active", "needs_review")),
+        or_(Label.run_id.is_(None), Label.run_id != teacher_run_id))).tuples().all())
+    keep = [d for d in ok if d.image_id not in claimed]
+    counts["skipped"] += len(ok) - len(keep)
+    # Superseded before the inserts, so the one-active-label index never sees two.
+    if older:
+        session.execute(update(Label).where(Label.id.in_([older[d.image_id] for d in keep if d.image_id in older]))
+                        .values(status="superseded"))
+        counts["superseded"] += sum(1 for d in keep if d.image_id in older)
+    labels = []
+    for d in keep:
+        assert d.scores is not None
+        s = d.scores
+        label = Label(image_id=d.image_id, origin="pseudo", source="teacher", mask_path="",
+                      status="active" if d.accepted else "needs_review", run_id=teacher_run_id, round=round,
+                      mean_confidence=s.mean_confidence, confident_fraction=s.confident_fraction,
+                      stability=s.stability,
+                      meta={"pseudolabel_run_id": run_id, "supersedes": older.get(d.image_id),
+                            "uncertainty": uncertainty(s.confident_fraction, s.stability)})
+        session.add(label)
+        labels.append(label)
+    session.flush()
+    for d, label in zip(keep, labels, strict=True):
+        label.mask_path = workspace.mask_rel(label.id)
+        label.conf_path = workspace.mask_rel(label.id, "conf")
+        for staged, rel in ((d.staged_mask, label.mask_path), (d.staged_conf, label.conf_path)):
+            dest = workspace.root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, dest)  # type: ignore[arg-type]
+        counts["accepted" if d.accepted else "queued"] += 1
+    session.commit()
+    for d in ok:
+        if d.image_id in claimed:
+            for staged in (d.staged_mask, d.staged_conf):
+                if staged is not None:
+                    staged.unlink(missing_ok=True)

@@ -1,0 +1,227 @@
+"""Teacher-student rounds (Noisy Student): pseudo-label, train a student, promote on improvement.
+
+Round 0 (only when there is no teacher yet) trains a supervised teacher on the human
+labels. Each round r >= 1 then:
+
+1. pseudo-labels the train images without a human label with the current teacher
+   (:func:`dataeng.engine.pseudolabel.pseudolabel`, round r);
+2. trains a student from scratch on human + accepted pseudo-labels, with strong
+   augmentation (pseudo pixels weighted by the teacher's confidence, see engine/data.py);
+3. scores teacher and student on the current val set (human labels) and promotes the
+   student to teacher only when its val mIoU is strictly higher.
+
+Every round is a ``rounds`` row: its teacher, pseudolabel and student runs, what it added
+(accepted, queued, superseded) and what both models scored. A student that was not
+promoted never becomes the default teacher.
+
+Example::
+
+    session = ws.new_session()
+    try:
+        results = run_rounds(ws, session, rounds=2, overrides={"epochs": 5})
+    finally:
+        session.close()
+    [r.promoted for r in results]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from dataeng.db.schema import Round, Run, utcnow
+from dataeng.engine import loop
+from dataeng.engine.pseudolabel import best_teacher_run, pseudolabel
+from dataeng.errors import NothingToDoError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from dataeng.progress import Progress
+    from dataeng.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One finished round.
+
+    Attributes:
+        number: 0 for the supervised teacher, then 1, 2, ...
+        teacher_run_id: the teacher the round started from (None in round 0).
+        student_run_id: the model trained in this round.
+        promoted: the student is now the teacher.
+        teacher_val_miou, student_val_miou: both scored on the same, current val set.
+        student_test: the student's test metrics (None without labelled test images).
+    """
+
+    round_id: int
+    number: int
+    teacher_run_id: int | None
+    pseudolabel_run_id: int | None
+    student_run_id: int
+    promoted: bool
+    accepted: int
+    queued: int
+    superseded: int
+    teacher_val_miou: float | None
+    student_val_miou: float | None
+    student_test: dict[str, Any] | None
+
+    @property
+    def teacher_after(self) -> int:
+        """The teacher for the next round."""
+        return self.student_run_id if self.promoted or self.teacher_run_id is None else self.teacher_run_id
+
+
+def val_miou(workspace: Workspace, session: Session, run_id: int, device: str | None = None) -> float | None:
+    """A train run's checkpoint scored on the current val set (human labels); None without one.
+
+    Both sides of a promotion are scored here, on the same images, because a teacher's
+    stored val mIoU may come from an older, smaller val set.
+    """
+    from dataeng.engine.data import registry_samples
+    from dataeng.engine.evaluate import evaluate_samples
+    from dataeng.engine.loop import resolve_device
+    from dataeng.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    samples = registry_samples(session, workspace, "val", human_only=True)
+    session.commit()
+    if not samples:
+        return None
+    run = session.get(Run, run_id)
+    assert run is not None and run.checkpoint_path is not None  # callers pass runs that have one
+    ckpt = load_checkpoint(workspace.root / run.checkpoint_path)
+    torch_device = resolve_device(device or workspace.config.train.device)
+    model = model_from_checkpoint(ckpt).to(torch_device)
+    outcome = evaluate_samples(model, samples, tuple(ckpt.meta["image_size"]), ckpt.num_classes, torch_device,
+                               workspace.config.train.batch_size, 0)
+    return float(outcome.metrics["miou"])
+
+
+def next_round_number(session: Session) -> int:
+    """1 + the highest finished round (0 when none)."""
+    top = session.scalar(select(func.max(Round.number)).where(Round.status == "finished"))
+    return 0 if top is None else top + 1
+
+
+def run_rounds(
+    workspace: Workspace,
+    session: Session,
+    rounds: int = 1,
+    overrides: dict[str, Any] | None = None,
+    *,
+    teacher: str | None = None,
+    progress: Progress | None = None,
+    callbacks: loop.Callbacks | None = None,
+) -> list[RoundResult]:
+    """Run ``rounds`` teacher-student rounds (plus round 0 when there is no teacher yet).
+
+    Args:
+        workspace, session: as for :func:`dataeng.engine.train.train` (committed per step).
+        rounds: rounds after round 0.
+        overrides: TrainOptions for the teacher and the students (e.g. ``{"epochs": 5}``);
+            students always train with ``strong_augment``.
+        teacher: the first round's teacher (``best`` by default, or a run id / checkpoint).
+        progress: pseudo-labelling progress; callbacks: training progress.
+
+    Returns:
+        One :class:`RoundResult` per round, in order.
+
+    Raises:
+        ModelError, ConfigError, DataEngError: as train and pseudolabel raise them (the
+            round row is marked failed).
+    """
+    from dataeng.engine.train import train
+
+    overrides = dict(overrides or {})
+    results: list[RoundResult] = []
+    current = teacher
+    if teacher is None and best_teacher_run(session) is None:
+        results.append(_round_zero(workspace, session, overrides, callbacks, train))
+        current = str(results[-1].student_run_id)
+    for _ in range(rounds):
+        result = _one_round(workspace, session, current, overrides, progress, callbacks, train)
+        results.append(result)
+        current = str(result.teacher_after)
+    return results
+
+
+def _round_zero(workspace: Workspace, session: Session, overrides: dict[str, Any],
+                callbacks: loop.Callbacks | None, train: Any) -> RoundResult:
+    row = Round(number=0, status="running")
+    session.add(row)
+    session.commit()
+    try:
+        student = train(workspace, session, {**overrides, "strong_augment": False}, round=0, callbacks=callbacks)
+        miou = float(student.val["miou"]) if student.val else None
+        row.student_run_id, row.promoted = student.run_id, True
+        row.metrics = {"student_val_miou": miou, "student_test": student.test}
+        row.status, row.finished_at = "finished", utcnow()
+        session.commit()
+    except BaseException:
+        _fail(session, row)
+        raise
+    return RoundResult(row.id, 0, None, None, student.run_id, True, 0, 0, 0, None, miou, student.test)
+
+
+def _one_round(workspace: Workspace, session: Session, teacher: str | None, overrides: dict[str, Any],
+               progress: Progress | None, callbacks: loop.Callbacks | None, train: Any) -> RoundResult:
+    number = max(next_round_number(session), 1)
+    row = Round(number=number, status="running")
+    session.add(row)
+    session.commit()
+    try:
+        pseudo_run_id, counts = None, {"accepted": 0, "queued": 0, "superseded": 0}
+        try:
+            pl = pseudolabel(workspace, session, teacher, round=number, device=overrides.get("device"),
+                             num_workers=overrides.get("num_workers"), progress=progress)
+            teacher_run_id, pseudo_run_id = pl.teacher_run_id, pl.run_id
+            counts = {"accepted": pl.accepted, "queued": pl.queued, "superseded": pl.superseded}
+        except NothingToDoError:
+            # Nothing new to label: the student still learns from new human labels, if any.
+            from dataeng.engine.pseudolabel import resolve_teacher
+
+            teacher_run_id = resolve_teacher(workspace, session, teacher).run_id
+        row.teacher_run_id, row.pseudolabel_run_id = teacher_run_id, pseudo_run_id
+        row.accepted, row.queued, row.superseded = counts["accepted"], counts["queued"], counts["superseded"]
+        session.commit()
+        student = train(workspace, session, {**overrides, "strong_augment": True}, round=number,
+                        teacher_run_id=teacher_run_id, callbacks=callbacks)
+        row.student_run_id = student.run_id
+        session.commit()
+        teacher_miou = val_miou(workspace, session, teacher_run_id, overrides.get("device"))
+        student_miou = val_miou(workspace, session, student.run_id, overrides.get("device"))
+        # Strictly better, and never on no evidence: without val images nothing is promoted.
+        promoted = teacher_miou is not None and student_miou is not None and student_miou > teacher_miou
+        row.promoted = promoted
+        row.metrics = {"teacher_val_miou": teacher_miou, "student_val_miou": student_miou,
+                       "student_test": student.test, "student_train_images": student.train_images}
+        row.status, row.finished_at = "finished", utcnow()
+        session.commit()
+    except BaseException:
+        _fail(session, row)
+        raise
+    return RoundResult(row.id, number, teacher_run_id, pseudo_run_id, student.run_id, promoted,
+                       counts["accepted"], counts["queued"], counts["superseded"], teacher_miou, student_miou,
+                       student.test)
+
+
+def _fail(session: Session, row: Round) -> None:
+    session.rollback()
+    row.status, row.finished_at = "failed", utcnow()
+    # A failed round's student must not become a teacher by its stored val score.
+    row.promoted = False if row.student_run_id is not None else None
+    session.commit()
+
+
+def round_rows(session: Session) -> list[dict[str, Any]]:
+    """Every round as a plain dict, oldest first (for ``dataeng round --json`` and the report)."""
+    out = []
+    for r in session.scalars(select(Round).order_by(Round.id)):
+        out.append({"id": r.id, "number": r.number, "teacher_run_id": r.teacher_run_id,
+                    "pseudolabel_run_id": r.pseudolabel_run_id, "student_run_id": r.student_run_id,
+                    "promoted": r.promoted, "accepted": r.accepted, "queued": r.queued,
+                    "superseded": r.superseded, "metrics": r.metrics, "status": r.status})
+    return out
