@@ -1,29 +1,50 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default (SQLite, local files, synthetic portraits):
-# set up .venv, synthesise portraits (10% labelled), make a workspace, ingest, and show the state.
+# synthesise portraits with 10% labelled, ingest them, train a teacher, run two
+# pseudo-label rounds, export the best model to ONNX, cut out three portraits, write the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-export QT_QPA_PLATFORM=offscreen
+export QT_QPA_PLATFORM=offscreen COLUMNS="${COLUMNS:-160}"
 DEMO="${DEMO_DIR:-demo}"
 N_LABELLED="${DEMO_LABELLED:-40}"
 N_UNLABELLED="${DEMO_UNLABELLED:-360}"
+EPOCHS="${DEMO_EPOCHS:-25}"
 dataeng() { .venv/bin/dataeng "$@"; }
 
 rm -rf "$DEMO"
 echo "== 1. synthetic portraits: $N_LABELLED labelled, $N_UNLABELLED unlabelled"
-dataeng synth "$DEMO/data" --n "$N_LABELLED" --unlabeled "$N_UNLABELLED" --seed 0 --min-size 96 --max-size 256
+dataeng synth "$DEMO/data" --n "$N_LABELLED" --unlabeled "$N_UNLABELLED" --seed 0 --min-size 64 --max-size 192
 
-echo "== 2. workspace"
+echo "== 2. workspace (small CPU-friendly model settings)"
 dataeng init "$DEMO/ws" --classes person
 export DATAENG_WORKSPACE="$DEMO/ws"
+sed -i -e 's/^image_size = .*/image_size = [96, 96]/' -e 's/^epochs = .*/epochs = '"$EPOCHS"'/' \
+       -e 's/^num_workers = .*/num_workers = 1/' "$DEMO/ws/dataeng.toml"
 
 echo "== 3. ingest: labelled images with their masks and mattes, and the unlabelled pool"
 dataeng ingest "$DEMO/data/images" "$DEMO/data/masks" "$DEMO/data/alpha" "$DEMO/data/unlabeled"
-
-echo "== 4. status"
 dataeng status
+
+echo "== 4. train a supervised teacher on the human labels (test metrics below)"
+dataeng train --seed 0
+
+echo "== 5. two pseudo-label rounds: teacher labels the pool, a student trains on human + accepted"
+dataeng round --rounds 2
+
+echo "== 6. export the best model to ONNX and cut out three portraits with it"
+dataeng export model best --onnx "$DEMO/model.onnx" --dynamic
+mkdir -p "$DEMO/three"
+ls "$DEMO/data/unlabeled" | head -3 | while read -r f; do cp "$DEMO/data/unlabeled/$f" "$DEMO/three/"; done
+dataeng predict "$DEMO/three" --onnx "$DEMO/model.onnx" --as cutout --out "$DEMO/cutouts"
+
+echo "== 7. report"
+dataeng report --out "$DEMO/report"
 dataeng doctor --quick
 
 echo
-echo "results: workspace $DEMO/ws (registry $DEMO/ws/registry.db, store $DEMO/ws/store)"
+echo "results:"
+echo "  workspace      $DEMO/ws   (registry.db, store/, runs/)"
+echo "  report         $DEMO/report/report.html  and report.json"
+echo "  ONNX model     $DEMO/model.onnx"
+echo "  cutouts        $DEMO/cutouts/"
