@@ -7,9 +7,6 @@ stored as ``round(255 * conf)``. Writes are atomic (temporary file, then rename)
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +14,14 @@ from PIL import Image
 
 from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX
 from dataeng.errors import AnnotationError
+from dataeng.storage import atomic_write
 
 ALPHA_MAX = 255
 
 
 def _atomic_png(path: Path, array: np.ndarray, compress_level: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array, mode="L").save(tmp_name, format="PNG", compress_level=compress_level)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    image = Image.fromarray(array, mode="L")
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))
 
 
 def write_mask(path: Path, mask: np.ndarray, compress_level: int = 1) -> None:
@@ -140,18 +130,9 @@ def write_palette_mask(path: Path, mask: np.ndarray) -> None:
     """
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be 2-D uint8, got shape {mask.shape} dtype {mask.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        image = Image.fromarray(np.ascontiguousarray(mask), mode="P")
-        image.putpalette(_voc_palette())
-        image.save(tmp_name, format="PNG", compress_level=1)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    image = Image.fromarray(np.ascontiguousarray(mask), mode="P")
+    image.putpalette(_voc_palette())
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
 
 
 def encode_png(array: np.ndarray) -> bytes:

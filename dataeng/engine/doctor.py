@@ -7,9 +7,7 @@ between the file write and the row commit; ``fix=True`` removes them.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -17,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from dataeng.db.schema import Image, Label
 from dataeng.progress import NullProgress, Progress
+from dataeng.storage import file_sha256
 from dataeng.workspace import Workspace
 
 
@@ -47,14 +46,6 @@ class DoctorReport:
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def doctor(
     session: Session,
     workspace: Workspace,
@@ -80,7 +71,7 @@ def doctor(
         report.images_checked += 1
         if not path.is_file():
             report.missing.append(f"image {image_id}: {rel}")
-        elif verify_hashes and _sha256(path) != sha:
+        elif verify_hashes and file_sha256(path) != sha:
             report.corrupt.append(f"image {image_id}: {rel} no longer has sha256 {sha[:12]}...")
         progress.advance()
     for label_id, *paths in session.execute(select(Label.id, Label.mask_path, Label.alpha_path, Label.conf_path)):

@@ -224,8 +224,8 @@ def resolve_teacher(workspace: Workspace, session: Session, teacher: str | None 
 
 
 def _import_checkpoint(workspace: Workspace, session: Session, path: Path) -> Run:
-    from dataeng.engine.train import file_sha256
     from dataeng.models.checkpoint import load_checkpoint
+    from dataeng.storage import file_sha256
 
     if not path.is_file():
         raise ModelError("teacher is neither 'best', a train run id nor a checkpoint file", path=path,

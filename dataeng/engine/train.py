@@ -36,7 +36,7 @@ from dataeng.db.schema import Run, utcnow
 from dataeng.engine import loop
 from dataeng.engine.data import Sample, registry_samples, train_loader
 from dataeng.errors import ConfigError, DataEngError, ModelError
-from dataeng.storage import atomic_write_text
+from dataeng.storage import atomic_write_text, file_sha256
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -95,14 +95,6 @@ def resolve_options(base: TrainConfig, overrides: dict[str, Any] | None = None) 
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise ConfigError(err["msg"], field=f"train.{field}", value=err.get("input")) from e
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_fingerprint(samples: list[Sample]) -> str:

@@ -7,10 +7,7 @@ format, so that reading the export back restores IGNORE_INDEX.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from dataeng.annotation.types import (
     Polygon,
     Ring,
 )
+from dataeng.storage import atomic_write_text  # noqa: F401  (re-exported for the writers)
 
 HOLE_LABEL = BACKGROUND_LABELS[0]
 """Label of the background polygons that stand for holes in formats without holes."""
@@ -113,20 +111,6 @@ def _area(ring: Ring) -> float:
     # Shoelace plus the perimeter's half-pixel border, so that thin rings still rank.
     shoelace = 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
     return shoelace + len(ring) / 2
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def copy_image(record: ExportRecord, dest: Path) -> Path | None:
