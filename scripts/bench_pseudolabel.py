@@ -67,8 +67,9 @@ def throughput(args: argparse.Namespace) -> None:
 
     from dataeng.config import Config, PseudolabelConfig, TrainConfig
     from dataeng.db.schema import Run, utcnow
-    from dataeng.engine.pseudolabel import pseudolabel, teacher_probabilities
+    from dataeng.engine.pseudolabel import pseudolabel
     from dataeng.engine.synth import generate
+    from dataeng.engine.teacher import teacher_probabilities
     from dataeng.models.checkpoint import save_checkpoint
     from dataeng.models.factory import build_model
     from dataeng.workspace import Workspace

@@ -130,13 +130,13 @@ def flip_probabilities(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ choosing a model
 def resolve_run(session: Session, run: str | int) -> Run:
     """A train run by id, or ``best``: the finished train run with the highest val mIoU
-    (``engine.pseudolabel.best_teacher_run``, the same choice as the default teacher).
+    (``engine.teacher.best_teacher_run``, the same choice as the default teacher).
 
     Raises:
         ModelError: not an id nor ``best``, no such train run, or it has no checkpoint.
     """
     from dataeng.engine.evaluate import pick_model_run
-    from dataeng.engine.pseudolabel import best_teacher_run
+    from dataeng.engine.teacher import best_teacher_run
 
     if str(run).strip().lower() == "best":
         best = best_teacher_run(session)

@@ -36,7 +36,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import exists, or_, select, update
@@ -46,17 +46,15 @@ from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX
 from dataeng.config import AcceptConfig, PseudolabelConfig
 from dataeng.db.schema import Image, Label, Problem, Run, utcnow
 from dataeng.engine.data import Sample
-from dataeng.errors import DataEngError, ModelError, NothingToDoError
+from dataeng.engine.teacher import resolve_teacher, teacher_probabilities
+from dataeng.errors import DataEngError, NothingToDoError
 from dataeng.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
-    import torch
     from sqlalchemy.orm import Session
 
-    from dataeng.models.checkpoint import Checkpoint
     from dataeng.workspace import Workspace
 
-Tta = Literal["flip", "none"]
 COMMIT_EVERY = 64
 """Images registered per transaction: few enough to lose little on a kill, enough to amortise the commit."""
 
@@ -149,125 +147,7 @@ def uncertainty(confident_fraction: float, stability: float) -> float:
     return 1.0 - confident_fraction * stability
 
 
-# ---------------------------------------------------------------- teacher
-@dataclass(frozen=True)
-class Teacher:
-    """A resolved teacher: its train run, checkpoint and training round."""
-
-    run_id: int
-    checkpoint: Checkpoint
-    round: int | None
-
-
-def rejected_students(session: Session) -> set[int]:
-    """Train runs that a round refused to promote; they never become the default teacher."""
-    from dataeng.db.schema import Round
-
-    return set(session.scalars(select(Round.student_run_id).where(
-        Round.promoted.is_(False), Round.student_run_id.is_not(None))))
-
-
-def best_teacher_run(session: Session) -> Run | None:
-    """The finished train run with the best val mIoU (newest on a tie or without val), not a
-    student a round refused to promote; None when there is no finished train run."""
-    runs = session.scalars(select(Run).where(Run.kind == "train", Run.status == "finished",
-                                             Run.checkpoint_path.is_not(None)).order_by(Run.id)).all()
-    refused = rejected_students(session)
-    best, best_key = None, (-2.0, -1)
-    for run in runs:
-        if run.id in refused:
-            continue
-        val = (run.metrics or {}).get("val") or {}
-        key = (float(val.get("miou", -1.0)), run.id)
-        if key > best_key:
-            best, best_key = run, key
-    return best
-
-
-def resolve_teacher(workspace: Workspace, session: Session, teacher: str | None = None) -> Teacher:
-    """Find and load the teacher: ``None``/``best``, a train run id, or a checkpoint file.
-
-    A checkpoint file from outside the registry is copied into ``runs/<id>/`` and
-    registered as a train run with status ``imported``, so every pseudo-label it makes
-    still points at its teacher (the same file, by sha256, is registered once).
-
-    Raises:
-        ModelError: no finished train run, no such run or file, a file that is not a
-            dataeng checkpoint (refused without unpickling), or a checkpoint made for
-            other classes or an architecture its weights do not fit.
-    """
-    from dataeng.models.checkpoint import load_checkpoint
-
-    if teacher in (None, "best"):
-        run = best_teacher_run(session)
-        if run is None:
-            raise ModelError("no finished train run to use as teacher; run `dataeng train` or `dataeng round` "
-                             "first, or pass --teacher PATH", field="teacher", value=teacher)
-    elif teacher.isdigit():
-        run = session.get(Run, int(teacher))
-        if run is None or run.kind != "train" or run.checkpoint_path is None:
-            raise ModelError("no train run with a checkpoint has this id", field="teacher", value=teacher)
-    else:
-        run = _import_checkpoint(workspace, session, Path(teacher))
-    path = workspace.root / str(run.checkpoint_path)
-    ckpt = load_checkpoint(path)
-    classes = list(workspace.config.classes)
-    if list(ckpt.meta["classes"]) != classes:
-        raise ModelError(f"teacher was trained on classes {list(ckpt.meta['classes'])}, this workspace has "
-                         f"{classes}", path=path, field="classes", value=list(ckpt.meta["classes"]))
-    for key in ("arch", "encoder"):
-        want = (run.config or {}).get(key)
-        if want is not None and want != ckpt.meta[key]:
-            raise ModelError(f"checkpoint says {key}={ckpt.meta[key]!r} but its run was {want!r}", path=path,
-                             field=key, value=ckpt.meta[key])
-    return Teacher(run.id, ckpt, run.round)
-
-
-def _import_checkpoint(workspace: Workspace, session: Session, path: Path) -> Run:
-    from dataeng.models.checkpoint import load_checkpoint
-    from dataeng.storage import file_sha256
-
-    if not path.is_file():
-        raise ModelError("teacher is neither 'best', a train run id nor a checkpoint file", path=path,
-                         field="teacher")
-    ckpt = load_checkpoint(path)  # refuses a non-checkpoint before anything is registered
-    sha = file_sha256(path)
-    for run in session.scalars(select(Run).where(Run.kind == "train", Run.status == "imported")):
-        if (run.config or {}).get("sha256") == sha:
-            return run
-    meta = {k: v for k, v in ckpt.meta.items() if k in ("arch", "encoder", "encoder_depth", "classes", "image_size")}
-    run = Run(kind="train", status="imported", config={**meta, "imported_from": str(path.resolve()), "sha256": sha},
-              finished_at=utcnow())
-    session.add(run)
-    session.flush()
-    dest = workspace.run_dir(run.id) / "checkpoint.pt"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, dest)
-    run.checkpoint_path = str(dest.relative_to(workspace.root))
-    session.commit()
-    return run
-
-
 # ---------------------------------------------------------------- inference
-def teacher_probabilities(model: torch.nn.Module, inputs: torch.Tensor, device: torch.device,
-                          tta: Tta = "flip") -> torch.Tensor:
-    """(B, K, h, w) probabilities of a uint8 (B, 3, h, w) batch, averaged with the
-    horizontally flipped view (flipped back) when ``tta`` is ``flip``."""
-    import torch
-
-    from dataeng.engine.evaluate import predict_probabilities
-
-    amp = None
-    if device.type == "cuda":
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if tta == "none":
-        return predict_probabilities(model, inputs, device, amp)
-    # One forward over both views: one large batch is faster than two small ones.
-    both = predict_probabilities(model, torch.cat([inputs, inputs.flip(-1)]), device, amp)
-    n = inputs.shape[0]
-    return (both[:n] + both[n:].flip(-1)) / 2
-
-
 @dataclass(frozen=True)
 class PseudolabelResult:
     """What one pseudolabel run did.
@@ -431,7 +311,7 @@ def pseudolabel(
 def _post_process(probs: np.ndarray, items: list[dict[str, Any]], samples: list[Sample], staging: Path,
                   config: PseudolabelConfig) -> list[_Done]:
     """Writer thread: resize to the image, threshold, score, write the staged PNGs."""
-    import cv2
+    from dataeng.engine.compositing import resize_probabilities
 
     out = []
     for k, item in enumerate(items):
@@ -443,9 +323,7 @@ def _post_process(probs: np.ndarray, items: list[dict[str, Any]], samples: list[
             out.append(done)
             continue
         h, w = item["shape"]
-        # cv2 resizes all K channels at once (H, W, K layout) and releases the GIL.
-        full = cv2.resize(np.ascontiguousarray(probs[k].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-        full = full.reshape(h, w, -1).transpose(2, 0, 1)
+        full = resize_probabilities(probs[k], (h, w))  # cv2: releases the GIL in this writer thread
         label = label_from_probabilities(full, config.pixel_threshold, config.stability_delta)
         done.scores, done.accepted = label.scores, accepts(label.scores, config.accept)
         done.staged_mask = staging / f"{sample.image_id}.mask.png"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from dataeng.db import queries
 from dataeng.db.schema import SPLITS, Round, Run, utcnow
-from dataeng.engine.pseudolabel import best_teacher_run
+from dataeng.engine.teacher import best_teacher_run
 from dataeng.storage import atomic_write_text
 
 if TYPE_CHECKING:

@@ -33,7 +33,8 @@ from sqlalchemy import func, select
 
 from dataeng.db.schema import Round, Run, utcnow
 from dataeng.engine import loop
-from dataeng.engine.pseudolabel import best_teacher_run, pseudolabel
+from dataeng.engine.pseudolabel import pseudolabel
+from dataeng.engine.teacher import best_teacher_run
 from dataeng.errors import NothingToDoError
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ def _one_round(workspace: Workspace, session: Session, teacher: str | None, over
             counts = {"accepted": pl.accepted, "queued": pl.queued, "superseded": pl.superseded}
         except NothingToDoError:
             # Nothing new to label: the student still learns from new human labels, if any.
-            from dataeng.engine.pseudolabel import resolve_teacher
+            from dataeng.engine.teacher import resolve_teacher
 
             teacher_run_id = resolve_teacher(workspace, session, teacher).run_id
         row.teacher_run_id, row.pseudolabel_run_id = teacher_run_id, pseudo_run_id

@@ -12,8 +12,8 @@ from dataeng.cli import app
 from dataeng.config import Config, TrainConfig
 from dataeng.db.schema import Label, Round, Run
 from dataeng.engine import rounds as rounds_mod
-from dataeng.engine.pseudolabel import best_teacher_run
 from dataeng.engine.rounds import run_rounds
+from dataeng.engine.teacher import best_teacher_run
 from tests.factories import TINY_TRAIN, add_label, make_workspace
 
 TINY_CONFIG = Config(train=TrainConfig(encoder="tu-mobilenetv3_small_050", image_size=(64, 64), batch_size=4,
