@@ -9,6 +9,7 @@ because splits are a hash of image content, the splits.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,7 +95,7 @@ def export_labels(
     label_map = LabelMap(workspace.config.classes, workspace.config.aliases)
     files = get_format(FORMAT_NAMES[fmt]).write(out, records, label_map)
     if fmt == "masks" and any(r.alpha is not None for r in records):
-        files += get_format("alpha_folder").write(
-            out, [r for r in records if r.alpha is not None], label_map, copy_images=False
-        )
+        # provenance is already in the masks' dataeng.json: no meta, so it is not overwritten
+        mattes = [dataclasses.replace(r, meta={}) for r in records if r.alpha is not None]
+        files += get_format("alpha_folder").write(out, mattes, label_map, copy_images=False)
     return ExportSummary(out=out, format=fmt, labels=len(records), files=len(files))

@@ -12,13 +12,11 @@ matte (1 on its classes, 0 on background and ignore). Images are copied to ``ima
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from dataeng.annotation.formats.export import atomic_write_text, check_record, copy_image, safe_relative
-from dataeng.annotation.formats.paired_folders import IMAGE_FOLDER, label_folder, pairs
+from dataeng.annotation.formats.paired_folders import label_folder, pairs, write_pairs
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.masks import read_alpha, write_alpha
 from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX, ExportRecord, ImageAnnotation, LabelMap
@@ -71,23 +69,11 @@ def write(out: Path, records: list[ExportRecord], label_map: LabelMap, *, copy_i
     Raises:
         ValueError: a record does not fit its size or the label map, or has an unsafe name.
     """
-    written: list[Path] = []
-    provenance: dict[str, object] = {}
-    for record in records:
-        check_record(record, label_map)
-        rel = safe_relative(record.image_name)
-        if record.alpha is not None:
-            alpha = record.alpha
-        else:
-            alpha = ((record.mask != BACKGROUND) & (record.mask != IGNORE_INDEX)).astype(np.float32)
-        path = out / FOLDER_NAMES[0] / rel.with_suffix(".png")
-        write_alpha(path, alpha)
-        if copy_images:
-            copy_image(record, out / IMAGE_FOLDER / rel)
-        if record.meta:
-            provenance[rel.as_posix()] = record.meta
-        written.append(path)
-    if provenance:
-        atomic_write_text(out / "dataeng.json", json.dumps(provenance, indent=2, default=str))
-        written.append(out / "dataeng.json")
-    return written
+    return write_pairs(out, records, label_map, FOLDER_NAMES[0], _write_matte, copy_images)
+
+
+def _write_matte(path: Path, record: ExportRecord) -> None:
+    if record.alpha is not None:
+        write_alpha(path, record.alpha)
+    else:  # a hard label exported as a matte: 1 on the classes, 0 on background and ignore
+        write_alpha(path, ((record.mask != BACKGROUND) & (record.mask != IGNORE_INDEX)).astype(np.float32))

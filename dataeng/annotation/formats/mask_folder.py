@@ -20,14 +20,12 @@ ambiguous), images copied to ``images/``, provenance in ``dataeng.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dataeng.annotation.formats.export import atomic_write_text, check_record, copy_image, safe_relative
-from dataeng.annotation.formats.paired_folders import IMAGE_FOLDER, label_folder, pairs
+from dataeng.annotation.formats.paired_folders import label_folder, pairs, write_pairs
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.masks import write_palette_mask
 from dataeng.annotation.rle import crop_to_content
@@ -153,19 +151,6 @@ def write(out: Path, records: list[ExportRecord], label_map: LabelMap, *, copy_i
     Raises:
         ValueError: a record does not fit its size or the label map, or has an unsafe name.
     """
-    written: list[Path] = []
-    provenance: dict[str, object] = {}
-    for record in records:
-        check_record(record, label_map)
-        rel = safe_relative(record.image_name)
-        mask_path = out / FOLDER_NAMES[0] / rel.with_suffix(".png")
-        write_palette_mask(mask_path, record.mask)
-        if copy_images:
-            copy_image(record, out / IMAGE_FOLDER / rel)
-        if record.meta:
-            provenance[rel.as_posix()] = record.meta
-        written.append(mask_path)
-    if provenance:
-        atomic_write_text(out / "dataeng.json", json.dumps(provenance, indent=2, default=str))
-        written.append(out / "dataeng.json")
-    return written
+    return write_pairs(
+        out, records, label_map, FOLDER_NAMES[0], lambda path, r: write_palette_mask(path, r.mask), copy_images
+    )

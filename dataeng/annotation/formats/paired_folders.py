@@ -8,9 +8,13 @@ may be given. Any other layout needs an explicit ``--format`` and the label fold
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
+from dataeng.annotation.formats.export import atomic_write_text, check_record, copy_image, safe_relative
 from dataeng.annotation.paths import resolve_inside
+from dataeng.annotation.types import ExportRecord, LabelMap
 
 IMAGE_FOLDER = "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,3 +60,35 @@ def pairs(folder: Path, root: Path) -> list[tuple[str, Path, Path | None]]:
         name = (rel.as_posix() + image.suffix) if image is not None else label.relative_to(folder).as_posix()
         found.append((name, label, image))
     return found
+
+
+def write_pairs(
+    out: Path,
+    records: list[ExportRecord],
+    label_map: LabelMap,
+    folder: str,
+    write_label: Callable[[Path, ExportRecord], None],
+    copy_images: bool,
+) -> list[Path]:
+    """Write ``<folder>/<stem>.png`` per record with ``write_label``, images to ``images/``,
+    and provenance (each record's ``meta``) to ``dataeng.json``.
+
+    Returns:
+        The label files written, then ``dataeng.json`` when there was provenance.
+    """
+    written: list[Path] = []
+    provenance: dict[str, object] = {}
+    for record in records:
+        check_record(record, label_map)
+        rel = safe_relative(record.image_name)
+        path = out / folder / rel.with_suffix(".png")
+        write_label(path, record)
+        if copy_images:
+            copy_image(record, out / IMAGE_FOLDER / rel)
+        if record.meta:
+            provenance[rel.as_posix()] = record.meta
+        written.append(path)
+    if provenance:
+        atomic_write_text(out / "dataeng.json", json.dumps(provenance, indent=2, default=str))
+        written.append(out / "dataeng.json")
+    return written
