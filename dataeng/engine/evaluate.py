@@ -2,8 +2,10 @@
 
 The network sees each image resized to ``image_size``; its probabilities are resized
 back to the image's own size and every metric is computed there, against the truth
-at full resolution (models/metrics.py). Per-image metrics go to ``image_metrics`` so
-the report can show the worst images; an ``evaluate`` call is registered as a run.
+at full resolution (models/metrics.py). Per-image metrics go to ``image_metrics`` and
+the predictions of the :data:`WORST_KEPT` worst images to
+``runs/<model run>/predictions/<split>/<image id>.png``, so the report can show the worst
+images without loading the model; an ``evaluate`` call is registered as a run.
 
 Example::
 
@@ -14,8 +16,10 @@ Example::
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from dataeng.workspace import Workspace
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+WORST_KEPT = 12  # predictions kept per evaluation: the report's worst-images gallery
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,14 @@ class EvalOutcome:
         metrics: split-level metrics (see ``models.metrics.summarize``).
         images: per-image scores, in sample order.
         problems: (path, message) of images that could not be scored.
+        worst_predictions: (image, predicted mask) of the ``keep_worst`` lowest-IoU images,
+            worst first (ties by image id, as ``queries.worst_image_metrics`` orders them).
     """
 
     metrics: dict[str, Any]
     images: list[ScoredImage]
     problems: list[tuple[str, str]]
+    worst_predictions: list[tuple[ScoredImage, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ def predict_probabilities(model: torch.nn.Module, inputs: torch.Tensor, device: 
 
 def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], image_size: tuple[int, int],
                      num_classes: int, device: torch.device, batch_size: int = 8, num_workers: int = 0,
-                     on_batch: Callable[[int, int], None] | None = None) -> EvalOutcome:
+                     on_batch: Callable[[int, int], None] | None = None, keep_worst: int = 0) -> EvalOutcome:
     """Predict and score every sample at its original resolution.
 
     Args:
@@ -99,13 +107,15 @@ def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], image_si
         samples: with ``mask_path`` (truth) set; ``alpha_path`` adds matting metrics.
         num_classes: foreground classes.
         on_batch: called with (images done, total) after each batch.
+        keep_worst: keep the predicted masks of this many lowest-IoU images (memory: that
+            many masks, whatever the number of samples).
 
     Returns:
         Split-level and per-image metrics; unreadable items are listed in ``problems``.
     """
     import torch
-    import torch.nn.functional as F
 
+    from dataeng.engine.compositing import resize_probabilities
     from dataeng.models.metrics import score_image, summarize
 
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
@@ -115,29 +125,71 @@ def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], image_si
     cm_total = np.zeros((k, k), np.int64)
     scored: list[ScoredImage] = []
     problems: list[tuple[str, str]] = []
+    worst: list[tuple[tuple[float, int], int, ScoredImage, np.ndarray]] = []  # max-heap by (iou, id), negated
     done = 0
     for batch in eval_loader(samples, image_size, batch_size, num_workers):
-        probs = predict_probabilities(model, batch["input"], device, amp)
+        probs = predict_probabilities(model, batch["input"], device, amp).cpu().numpy()
         for i, item in enumerate(batch["items"]):
             sample = samples[item["index"]]
             if item["error"] is not None:
                 problems.append((str(sample.image_path), item["error"]))
                 continue
-            full = F.interpolate(probs[i : i + 1], size=tuple(item["shape"]), mode="bilinear",
-                                 align_corners=False)[0]
-            if full.shape[0] == 2:
-                pred = (full[1] >= 0.5).to(torch.uint8).cpu().numpy()
-            else:
-                pred = full.argmax(0).to(torch.uint8).cpu().numpy()
-            pred_alpha = (1.0 - full[0]).cpu().numpy() if item["alpha"] is not None else None
+            full = resize_probabilities(probs[i], tuple(item["shape"]))
+            pred = mask_from_probabilities(full)
+            pred_alpha = (1.0 - full[0]) if item["alpha"] is not None else None
             scores, cm = score_image(pred, item["mask"], num_classes, pred_alpha, item["alpha"])
             cm_total += cm
-            scored.append(ScoredImage(sample, scores))
+            image = ScoredImage(sample, scores)
+            scored.append(image)
+            if keep_worst:
+                _keep(worst, keep_worst, image, item["index"], pred)
         done += len(batch["items"])
         if on_batch is not None:
             on_batch(done, len(samples))
     model.train(was_training)
-    return EvalOutcome(summarize([s.scores for s in scored], cm_total), scored, problems)
+    kept = [(image, pred) for _, _, image, pred in sorted(worst, key=lambda w: (-w[0][0], -w[0][1]))]
+    return EvalOutcome(summarize([s.scores for s in scored], cm_total), scored, problems, kept)
+
+
+def mask_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """(K, H, W) probabilities to a uint8 class-index mask: foreground >= 0.5 for one class, else argmax."""
+    if probs.shape[0] == 2:
+        return (probs[1] >= 0.5).astype(np.uint8)
+    return probs.argmax(0).astype(np.uint8)
+
+
+def _keep(heap: list[tuple[tuple[float, int], int, ScoredImage, np.ndarray]], n: int, image: ScoredImage,
+          index: int, pred: np.ndarray) -> None:
+    """Keep the ``n`` lowest (IoU, image id) in a bounded max-heap; NaN IoU counts as lowest (SQL's NULL)."""
+    iou = image.scores.iou
+    key = (-(-math.inf if iou is None or math.isnan(iou) else iou),
+           -(image.sample.image_id if image.sample.image_id is not None else index))
+    entry = (key, index, image, pred)
+    if len(heap) < n:
+        heapq.heappush(heap, entry)
+    elif key > heap[0][0]:
+        heapq.heapreplace(heap, entry)
+
+
+def prediction_path(run_dir: Path, split: str, image_id: int) -> Path:
+    """Where an evaluation keeps a model's predicted mask of one of the worst images."""
+    return run_dir / "predictions" / split / f"{image_id}.png"
+
+
+def store_worst_predictions(run_dir: Path, split: str, outcome: EvalOutcome) -> int:
+    """Write ``outcome.worst_predictions`` of registry images under ``run_dir``; returns how many.
+
+    A checkpoint's predictions never change, so a later evaluation of the same run on
+    the same split rewrites the same files (atomically).
+    """
+    from dataeng.annotation.masks import write_mask
+
+    n = 0
+    for image, pred in outcome.worst_predictions:
+        if image.sample.image_id is not None:
+            write_mask(prediction_path(run_dir, split, image.sample.image_id), pred)
+            n += 1
+    return n
 
 
 def store_image_metrics(session: Session, run_id: int, model_run_id: int, split: str, outcome: EvalOutcome,
@@ -260,7 +312,7 @@ def evaluate(workspace: Workspace, session: Session, run_id: int | None = None, 
         outcome = evaluate_samples(model, samples, tuple(ckpt.meta["image_size"]), len(classes), torch_device,
                                    batch_size or int(cfg.get("batch_size", 8)),
                                    num_workers if num_workers is not None else int(cfg.get("num_workers", 0)),
-                                   on_batch)
+                                   on_batch, keep_worst=WORST_KEPT if split_name != "external" else 0)
     except BaseException:
         run.status, run.finished_at = "failed", utcnow()
         session.commit()
@@ -271,6 +323,7 @@ def evaluate(workspace: Workspace, session: Session, run_id: int | None = None, 
     for path, message in outcome.problems:
         session.add(Problem(run_id=run.id, path=path, kind="unreadable", message=message))
     store_image_metrics(session, run.id, model_run.id, split_name, outcome, workspace.root)
+    store_worst_predictions(workspace.run_dir(model_run.id), split_name, outcome)
     metrics = {**outcome.metrics, "missing_masks": len(missing), "problems": len(outcome.problems)}
     run.metrics, run.status, run.finished_at = metrics, "finished", utcnow()
     session.commit()

@@ -156,16 +156,16 @@ class Report:
 
 
 def build_report(session: Session, workspace: Workspace, *, gallery: bool = True,
-                 gallery_size: int = GALLERY_SIZE, device: str = "cpu") -> Report:
+                 gallery_size: int = GALLERY_SIZE) -> Report:
     """Gather the report's numbers, plots and galleries.
 
     Args:
         session: an open session (only read).
         workspace: for the config's accept thresholds and the store's files.
-        gallery: draw the two galleries (the worst test images, which runs the best
-            run's checkpoint on them, and the review queue); numbers are gathered anyway.
-        gallery_size: tiles per gallery.
-        device: where the checkpoint runs for the worst-test predictions.
+        gallery: draw the two galleries (the worst test images of the best run, with the
+            predictions its evaluation kept, and the review queue); numbers are gathered anyway.
+        gallery_size: tiles per gallery (at most ``engine.evaluate.WORST_KEPT`` worst-test
+            tiles have a prediction).
 
     Returns:
         The :class:`Report`; an empty workspace gives ``empty=True`` and empty sections.
@@ -195,7 +195,7 @@ def build_report(session: Session, workspace: Workspace, *, gallery: bool = True
     worst_rows = queries.worst_image_metrics(session, best.id, "test", gallery_size) if best else []
     queue_rows = queries.review_queue(session, gallery_size)
     if gallery:
-        worst, note = report_gallery.worst_test_gallery(workspace, best, worst_rows, device)
+        worst, note = report_gallery.worst_test_gallery(workspace, best, worst_rows)
         notes += [note] if note else []
         queue = report_gallery.review_queue_gallery(workspace, queue_rows)
     else:

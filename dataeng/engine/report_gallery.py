@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dataeng.annotation.masks import read_confidence, read_mask, write_mask
+from dataeng.annotation.masks import read_confidence, read_mask
 from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX
 from dataeng.engine.report import GalleryItem, Picture, queue_scores, worst_scores
 from dataeng.errors import DataEngError
@@ -92,113 +92,37 @@ def confidence_picture(conf: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
 
 
-def predict_masks(workspace: Workspace, run: Run, image_paths: list[Path], device: str = "cpu"
-                  ) -> list[np.ndarray | None]:
-    """Class-index predictions of a train run's checkpoint, each at its image's own size.
-
-    Reuses the evaluation data path (``engine.data.eval_loader``) and network call
-    (``engine.evaluate.predict_probabilities``); a probability map becomes a mask exactly
-    as in ``evaluate_samples`` (foreground >= 0.5 for one class, else argmax).
-
-    Returns:
-        One mask per path, None where the image could not be read.
-
-    Raises:
-        ModelError: the run has no usable checkpoint.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from dataeng.engine.data import Sample, eval_loader
-    from dataeng.engine.evaluate import predict_probabilities
-    from dataeng.engine.loop import resolve_device
-    from dataeng.errors import ModelError
-    from dataeng.models.checkpoint import load_checkpoint, model_from_checkpoint
-
-    if run.checkpoint_path is None:
-        raise ModelError("run has no checkpoint", field="run", value=run.id)
-    ckpt = load_checkpoint(workspace.root / run.checkpoint_path)
-    torch_device = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(torch_device)
-    samples = [Sample(image_path=p) for p in image_paths]
-    out: list[np.ndarray | None] = [None] * len(samples)
-    for batch in eval_loader(samples, tuple(ckpt.meta["image_size"]), batch_size=4, num_workers=0):
-        probs = predict_probabilities(model, batch["input"], torch_device)
-        for i, item in enumerate(batch["items"]):
-            if item["error"] is not None:
-                continue
-            full = F.interpolate(probs[i: i + 1], size=tuple(item["shape"]), mode="bilinear", align_corners=False)[0]
-            pred = (full[1] >= 0.5) if full.shape[0] == 2 else full.argmax(0)
-            out[item["index"]] = pred.to(torch.uint8).cpu().numpy()
-    return out
-
-
-def prediction_cache(workspace: Workspace, run: Run) -> Path | None:
-    """Where a run's gallery predictions are kept: ``reports/cache/predictions/<run>-<checkpoint mtime>/``.
-
-    A checkpoint's predictions never change, and running it means importing torch and
-    the model zoo (seconds); the cache lets the next report skip both. A rewritten
-    checkpoint gets a new folder. None when the run has no checkpoint file.
-    """
-    if run.checkpoint_path is None:
-        return None
-    ckpt = workspace.root / run.checkpoint_path
-    if not ckpt.is_file():
-        return None
-    return workspace.root / "reports" / "cache" / "predictions" / f"{run.id}-{ckpt.stat().st_mtime_ns}"
-
-
-def _cached(cache: Path | None, image_id: int) -> np.ndarray | None:
-    path = cache / f"{image_id}.png" if cache is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return read_mask(path)
-    except DataEngError:
-        return None  # a damaged cache entry is predicted again
-
-
-def worst_test_gallery(workspace: Workspace, run: Run | None, rows: list[dict[str, Any]], device: str = "cpu"
+def worst_test_gallery(workspace: Workspace, run: Run | None, rows: list[dict[str, Any]]
                        ) -> tuple[list[GalleryItem], str | None]:
     """Tiles (image, truth, prediction, errors) for the rows of ``queries.worst_image_metrics``.
 
-    The per-image metrics hold no prediction masks, so ``run``'s checkpoint is run on these
-    few images; without a usable checkpoint the tiles keep image and truth only.
+    The predictions are the masks the evaluation kept (``engine.evaluate.prediction_path``):
+    the report never loads a model. Rows without a kept prediction keep image and truth only.
 
     Returns:
-        (tiles, a note for the report when predictions were unavailable, else None).
+        (tiles, a note for the report when predictions were missing, else None).
     """
     from dataeng.engine.data import read_image
+    from dataeng.engine.evaluate import prediction_path
 
     if not rows or run is None:
         return [], None
-    note = None
-    paths = [workspace.image_path(r["image_path"]) for r in rows]
-    cache = prediction_cache(workspace, run)
-    preds: list[np.ndarray | None] = [_cached(cache, r["image_id"]) for r in rows]
-    todo = [i for i, pred in enumerate(preds) if pred is None]
-    if todo:
-        try:
-            fresh = predict_masks(workspace, run, [paths[i] for i in todo], device)
-        except DataEngError as e:
-            fresh = [None] * len(todo)
-            note = f"Predictions of run {run.id} are not shown: {e}"
-        for i, pred in zip(todo, fresh, strict=True):
-            preds[i] = pred
-            if pred is not None and cache is not None:
-                write_mask(cache / f"{rows[i]['image_id']}.png", pred)
-    items = []
-    for row, path, pred in zip(rows, paths, preds, strict=True):
+    run_dir = workspace.run_dir(run.id)
+    items, missing = [], 0
+    for row in rows:
         pictures: list[Picture] = []
         try:
-            image = read_image(path)
+            image = read_image(workspace.image_path(row["image_path"]))
             size = thumb_size(*image.shape[:2])
             small = _resize(image, size, nearest=False)
             pictures.append(Picture("image", data_uri(small)))
             if row["mask_path"]:
                 truth = _resize(read_mask(workspace.image_path(row["mask_path"])), size, nearest=True)
                 pictures.append(Picture("ground truth", data_uri(mask_overlay(small, truth))))
-                if pred is not None:
+                pred = _kept_prediction(prediction_path(run_dir, "test", row["image_id"]))
+                if pred is None:
+                    missing += 1
+                else:
                     pred_small = _resize(pred, size, nearest=True)
                     pictures.append(Picture("prediction", data_uri(mask_overlay(small, pred_small))))
                     errors = error_overlay(small, truth, pred_small)
@@ -206,7 +130,18 @@ def worst_test_gallery(workspace: Workspace, run: Run | None, rows: list[dict[st
         except DataEngError as e:
             pictures.append(Picture(f"unreadable: {e}", ""))
         items.append(GalleryItem(row["image_id"], row["label_id"], worst_scores(row), tuple(pictures)))
+    note = (f"{missing} of run {run.id}'s worst test predictions were not kept; `dataeng evaluate --run {run.id} "
+            f"--split test` keeps them." if missing else None)
     return items, note
+
+
+def _kept_prediction(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_mask(path)
+    except DataEngError:
+        return None  # a damaged file is reported as missing; evaluating again rewrites it
 
 
 def review_queue_gallery(workspace: Workspace, rows: list[dict[str, Any]]) -> list[GalleryItem]:

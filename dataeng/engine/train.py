@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import time
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class TrainOptions(TrainConfig):
 
     encoder_depth: int = Field(default=5, ge=3, le=5, description="encoder stages; 3 makes a tiny model")
     augment: bool = Field(default=True, description="geometric and colour augmentation of train images")
+    sample_budget: int | None = Field(default=None, ge=1, description=(
+        "train for ceil(sample_budget / train images) epochs instead of `epochs`: the same number of images "
+        "seen whatever the train set's size (used to compare runs on growing label sets fairly)"))
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ def train(
         raise DataEngError("no labelled train images: ingest images with masks (or accept pseudo-labels) "
                            "into the train split before `dataeng train`", field="split", value="train")
     fingerprint = dataset_fingerprint(splits["train"])
+    if options.sample_budget is not None and resume_run is None:
+        options = options.model_copy(update={"epochs": max(1, math.ceil(options.sample_budget / len(splits["train"])))})
     if resume_run is not None and resume_run.dataset_fingerprint != fingerprint:
         raise DataEngError(f"the train labels changed since run {resume_run.id} started; start a new run instead "
                            f"of resuming", field="dataset_fingerprint", value=fingerprint[:12])
@@ -214,7 +220,13 @@ def _train(workspace: Workspace, session: Session, options: TrainOptions, classe
            callbacks: loop.Callbacks) -> TrainResult:
     import torch
 
-    from dataeng.engine.evaluate import evaluate_samples, store_image_metrics, worst_images
+    from dataeng.engine.evaluate import (
+        WORST_KEPT,
+        evaluate_samples,
+        store_image_metrics,
+        store_worst_predictions,
+        worst_images,
+    )
     from dataeng.models.checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
 
     started = time.perf_counter()
@@ -316,9 +328,11 @@ def _train(workspace: Workspace, session: Session, options: TrainOptions, classe
             if splits["test"]:
                 if callbacks.on_phase is not None:
                     callbacks.on_phase("testing")
-                outcome = _evaluate(evaluate_samples, model, splits["test"], options, classes, device)
+                outcome = _evaluate(evaluate_samples, model, splits["test"], options, classes, device,
+                                    keep_worst=WORST_KEPT)
                 test, worst = outcome.metrics, worst_images(outcome)
                 store_image_metrics(session, run_id, run_id, "test", outcome, workspace.root)
+                store_worst_predictions(run_dir, "test", outcome)
             metrics = {"history": history, "best_epoch": best_epoch,
                        "selected_by": "val_miou" if splits["val"] else "last_epoch", "val": best_val,
                        "test": test, "train_images": len(splits["train"]), "val_images": len(splits["val"]),
@@ -341,9 +355,10 @@ def _train(workspace: Workspace, session: Session, options: TrainOptions, classe
 
 
 def _evaluate(fn: Any, model: Any, samples: list[Sample], options: TrainOptions, classes: list[str],
-              device: Any) -> Any:
+              device: Any, keep_worst: int = 0) -> Any:
     workers = 0 if len(samples) < SMALL_EVAL_SET else options.num_workers
-    return fn(model, samples, options.image_size, len(classes), device, options.batch_size, workers)
+    return fn(model, samples, options.image_size, len(classes), device, options.batch_size, workers,
+              keep_worst=keep_worst)
 
 
 def _log(run_dir: Path, line: str) -> None:

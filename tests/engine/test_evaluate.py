@@ -8,10 +8,11 @@ import torch
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from dataeng.annotation.masks import read_mask
 from dataeng.annotation.types import IGNORE_INDEX
 from dataeng.db.schema import ImageMetric, Problem, Run
 from dataeng.engine.data import Sample
-from dataeng.engine.evaluate import evaluate, evaluate_samples, folder_samples
+from dataeng.engine.evaluate import evaluate, evaluate_samples, folder_samples, prediction_path
 from dataeng.engine.train import train
 from dataeng.errors import ModelError
 from tests.factories import TINY_TRAIN, make_workspace
@@ -50,6 +51,28 @@ def test_metrics_are_computed_at_original_resolution(tmp_path):
     assert outcome.metrics["iou"] > 0.95 and outcome.metrics["boundary_f1"] > 0.9
 
 
+def test_the_worst_predictions_are_kept_lowest_iou_first(tmp_path):
+    sizes = [(90, 70), (50, 130), (64, 64), (80, 40)]
+    for k, size in enumerate(sizes):
+        _write_pair(tmp_path, f"im{k}", size=size)
+    samples, _ = folder_samples(tmp_path / "images", tmp_path / "masks")
+    # Darken part of each image so the model misses a different share of the person in each.
+    for k, sample in enumerate(samples):
+        array = np.asarray(PILImage.open(sample.image_path)).copy()
+        array[: array.shape[0] * k // 6] = 10
+        PILImage.fromarray(array).save(sample.image_path)
+    outcome = evaluate_samples(BrightIsPerson(), samples, (64, 64), 1, torch.device("cpu"), keep_worst=2)
+    by_iou = sorted(outcome.images, key=lambda s: s.scores.iou)
+    assert [img.sample.image_path for img, _ in outcome.worst_predictions] == [s.sample.image_path
+                                                                              for s in by_iou[:2]]
+    for image, pred in outcome.worst_predictions:
+        truth = np.asarray(PILImage.open(tmp_path / "masks" / image.sample.image_path.name)) != 0
+        assert pred.shape == truth.shape  # at the image's own size
+        inter, union = np.count_nonzero((pred == 1) & truth), np.count_nonzero((pred == 1) | truth)
+        assert inter / union == pytest.approx(image.scores.iou)
+    assert evaluate_samples(BrightIsPerson(), samples, (64, 64), 1, torch.device("cpu")).worst_predictions == []
+
+
 def _trained(tmp_path):
     ws, _ = make_workspace(tmp_path, n_train=4, n_val=2, n_test=2)
     session = ws.new_session()
@@ -66,6 +89,10 @@ def test_evaluate_registry_split_and_external_folder(tmp_path):
         res = evaluate(ws, session, split="val", device="cpu")
     assert res.model_run_id == trained.run_id and res.split == "val" and res.metrics["images"] == 2
     assert res.metrics["miou"] == pytest.approx(trained.val["miou"])  # same checkpoint, same images
+    with ws.session() as session:  # the evaluation kept its predictions for the report
+        ids = session.scalars(select(ImageMetric.image_id).where(ImageMetric.run_id == res.run_id)).all()
+    kept = [prediction_path(ws.run_dir(trained.run_id), "val", i) for i in ids]
+    assert all(p.is_file() and read_mask(p).shape == (64, 64) for p in kept)
     ext = tmp_path / "ext"
     ext.mkdir()
     _write_pair(ext, "one")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,8 +15,10 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from dataeng.annotation.masks import write_mask
 from dataeng.cli import app
 from dataeng.db.schema import Batch, ImageMetric, Label, Problem, Run, utcnow
+from dataeng.engine.evaluate import prediction_path
 from dataeng.engine.report import Report, build_report, write_report
 from dataeng.workspace import Workspace
 from tests.factories import TINY_TRAIN, add_label, make_workspace
@@ -88,6 +92,10 @@ def make_registry(tmp_path: Path, with_test: bool = True) -> Workspace:
         fix.parent_id, fix.edit_iou, fix.created_at, fix.round = pseudo[3].id, 0.8, r1 + timedelta(minutes=30), 1
         if with_test:
             for k, m in enumerate(m for m in made if m.split == "test"):
+                if k > 0:  # the evaluation kept these predictions (the best image's was not kept)
+                    pred = m.mask.copy()
+                    pred[: pred.shape[0] // 3] = 0
+                    write_mask(prediction_path(ws.run_dir(student.id), "test", m.image_id), pred)
                 s.add(ImageMetric(run_id=student.id, model_run_id=student.id, image_id=m.image_id, split="test",
                                   iou=0.9 - 0.2 * k, miou=0.9, fwiou=0.9, pixel_accuracy=0.9, boundary_f1=0.8,
                                   boundary_iou=0.7))
@@ -170,12 +178,26 @@ def test_html_is_self_contained_with_every_section(registry: tuple[Workspace, Re
     assert {"growth", "quality", "confidence", "stability", "edit_iou"} <= set(report.plots)
 
 
-def test_gallery_runs_the_best_checkpoint_and_shows_the_queue(registry: tuple[Workspace, Report, Path]) -> None:
+def test_gallery_shows_the_kept_predictions_and_the_queue(registry: tuple[Workspace, Report, Path]) -> None:
     _, report, _ = registry
     assert [p.caption for p in report.worst_test[0].pictures] == [
         "image", "ground truth", "prediction", "errors: FP red, FN blue"]
     assert report.worst_test[0].scores["iou"] == pytest.approx(0.9 - 0.4)
+    # The best test image's prediction was not kept: image and truth only, and a note says how to keep it.
+    assert [p.caption for p in report.worst_test[-1].pictures] == ["image", "ground truth"]
+    assert any("1 of run" in n and "dataeng evaluate --run" in n for n in report.notes)
     assert len(report.review_queue) == 1 and len(report.review_queue[0].pictures) == 3
+
+
+def test_report_never_loads_a_model(registry: tuple[Workspace, Report, Path]) -> None:
+    ws, _, _ = registry
+    args = ["report", "--workspace", str(ws.root), "--out", str(ws.root / "r2")]
+    code = ("import sys; from dataeng.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (ws.root / "r2" / "report.html").stat().st_size > 10_000  # gallery pictures embedded
 
 
 def test_empty_workspace_says_so(workspace: Workspace, tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ def test_train_registers_run_files_and_test_metrics(tmp_path):
         rows = session.scalars(select(ImageMetric).where(ImageMetric.run_id == run.id)).all()
         assert len(rows) == 3 and {r.split for r in rows} == {"test"}
         assert all(r.model_run_id == run.id and r.image_id is not None for r in rows)
+        kept = {p.stem for p in (result.run_dir / "predictions" / "test").iterdir()}
+        assert kept == {str(r.image_id) for r in rows}  # fewer than WORST_KEPT test images: all kept
         samples = registry_samples(session, ws, "train")
         assert run.dataset_fingerprint == dataset_fingerprint(samples)
     files = {p.name for p in result.run_dir.iterdir()}
