@@ -113,11 +113,11 @@ def status(workspace: WorkspaceOption = None, json_out: JsonOption = False) -> N
 @app.command()
 def doctor(
     workspace: WorkspaceOption = None,
-    fix: Annotated[bool, typer.Option("--fix", help="Remove orphan files.")] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Remove orphan files; close interrupted runs.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Skip re-hashing image files.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Check every row's files exist with the right hash; find (and with --fix remove) orphans."""
+    """Check every row's files exist with the right hash; find orphans and interrupted runs (--fix cleans up)."""
     from dataeng.engine.doctor import doctor as run_doctor
 
     with cli_errors():
@@ -134,6 +134,8 @@ def doctor(
                 console.print(f"[red]changed[/red] {line}")
             for line in report.orphans:
                 console.print(f"[yellow]{'removed' if line in report.removed else 'orphan'}[/yellow] {line}")
+            for line in report.interrupted:
+                console.print(f"[yellow]{'closed' if line in report.closed else 'interrupted'}[/yellow] {line}")
             console.print("[green]healthy[/green]" if report.healthy else "[red]problems found[/red]")
         if report.missing or report.corrupt:
             raise typer.Exit(1)

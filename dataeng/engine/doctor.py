@@ -3,17 +3,24 @@
 Every row's files must exist (and images must still have their sha256); every file
 under ``store/`` must belong to a row. Files with no row are orphans, left by a crash
 between the file write and the row commit; ``fix=True`` removes them.
+
+Runs and rounds still marked ``running`` were interrupted (killed, or the machine went
+down) unless a command is running right now; ``fix=True`` marks them ``failed`` and
+removes their staging folders. Their finished work stays: a pseudolabel rerun skips the
+images already labelled and ``train --resume`` continues a train run from its last epoch.
+Run ``doctor --fix`` only while no other dataeng command works on the workspace.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dataeng.db.schema import Image, Label
+from dataeng.db.schema import Image, Label, Round, Run, utcnow
 from dataeng.progress import NullProgress, Progress
 from dataeng.storage import file_sha256
 from dataeng.workspace import Workspace
@@ -29,10 +36,13 @@ class DoctorReport:
     corrupt: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        return not (self.missing or self.corrupt or (set(self.orphans) - set(self.removed)))
+        return not (self.missing or self.corrupt or (set(self.orphans) - set(self.removed))
+                    or (set(self.interrupted) - set(self.closed)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +52,8 @@ class DoctorReport:
             "corrupt": self.corrupt,
             "orphans": self.orphans,
             "removed": self.removed,
+            "interrupted": self.interrupted,
+            "closed": self.closed,
             "healthy": self.healthy,
         }
 
@@ -54,10 +66,11 @@ def doctor(
     verify_hashes: bool = True,
     progress: Progress | None = None,
 ) -> DoctorReport:
-    """Check every row's files and find orphan files under ``store/``.
+    """Check every row's files, find orphan files under ``store/`` and interrupted runs.
 
     Args:
-        fix: remove orphan files (never touches a file a row points at).
+        fix: remove orphan files (never touches a file a row points at); mark interrupted
+            runs and rounds failed and remove their staging folders.
         verify_hashes: re-hash every image file (slow on big stores, the default).
     """
     progress = progress or NullProgress()
@@ -92,4 +105,24 @@ def doctor(
                 if fix:
                     path.unlink()
                     report.removed.append(rel)
+    _interrupted(session, workspace, report, fix)
     return report
+
+
+def _interrupted(session: Session, workspace: Workspace, report: DoctorReport, fix: bool) -> None:
+    for run in session.scalars(select(Run).where(Run.status == "running").order_by(Run.id)):
+        line = f"run {run.id} ({run.kind}) started {run.started_at:%Y-%m-%d %H:%M} is still marked running"
+        report.interrupted.append(line)
+        if fix:
+            run.status, run.finished_at = "failed", utcnow()
+            run.metrics = {**(run.metrics or {}), "interrupted": True}
+            shutil.rmtree(workspace.run_dir(run.id) / "staging", ignore_errors=True)
+            report.closed.append(line)
+    for row in session.scalars(select(Round).where(Round.status == "running").order_by(Round.id)):
+        line = f"round {row.number} (row {row.id}) is still marked running"
+        report.interrupted.append(line)
+        if fix:
+            row.status, row.finished_at, row.promoted = "failed", utcnow(), False
+            report.closed.append(line)
+    if fix:
+        session.commit()

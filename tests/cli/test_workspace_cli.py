@@ -99,6 +99,33 @@ def test_doctor_finds_missing_files_and_removes_orphans(ws_root: Path, tmp_path:
     assert code == 1 and len(json.loads(out)["missing"]) == 1
 
 
+def test_doctor_closes_interrupted_runs_and_rounds(ws_root: Path) -> None:
+    from dataeng.db.schema import Round, Run
+    from dataeng.workspace import Workspace
+
+    ws = Workspace.open(ws_root)
+    with ws.session() as s:
+        killed = Run(kind="pseudolabel", status="running")
+        done = Run(kind="train", status="finished")
+        s.add_all([killed, done, Round(number=1, status="running")])
+        s.flush()
+        killed_id, done_id = killed.id, done.id
+    staging = ws.run_dir(killed_id) / "staging"
+    staging.mkdir(parents=True)
+    (staging / "7.mask.png").write_bytes(b"half")
+    code, out = _invoke("doctor", "-w", str(ws_root), "--json", "--quick")
+    report = json.loads(out)
+    assert code == 0 and len(report["interrupted"]) == 2 and report["closed"] == [] and not report["healthy"]
+    assert f"run {killed_id} (pseudolabel)" in report["interrupted"][0] and staging.exists()
+    out = _invoke("doctor", "-w", str(ws_root), "--json", "--fix", "--quick")[1]
+    report = json.loads(out)
+    assert report["closed"] == report["interrupted"] and report["healthy"] and not staging.exists()
+    with ws.session() as s:
+        assert s.get(Run, killed_id).status == "failed" and s.get(Run, done_id).status == "finished"
+        assert [r.status for r in s.query(Round)] == ["failed"]
+    assert json.loads(_invoke("doctor", "-w", str(ws_root), "--json", "--quick")[1])["interrupted"] == []
+
+
 def test_no_workspace_gives_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DATAENG_WORKSPACE", raising=False)
