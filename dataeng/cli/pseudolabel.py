@@ -111,6 +111,9 @@ def pseudolabel_command(
 def round_command(
     rounds: Annotated[int, typer.Option("--rounds", help="Teacher-student rounds to run.")] = 1,
     epochs: Annotated[int | None, typer.Option(help="Epochs per student (and for the round-0 teacher).")] = None,
+    sample_budget: Annotated[int | None, typer.Option(
+        help="Images seen per model instead of --epochs: epochs = ceil(budget / train images), so students on "
+             "growing label sets cost the same.")] = None,
     teacher: TeacherOption = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
@@ -126,8 +129,9 @@ def round_command(
         ws = open_workspace(workspace)
         session = ws.new_session()
         try:
-            results = run_rounds(ws, session, rounds, {"epochs": epochs, "device": device, "num_workers": num_workers},
-                                 teacher=teacher)
+            overrides = {"epochs": epochs, "sample_budget": sample_budget, "device": device,
+                         "num_workers": num_workers}
+            results = run_rounds(ws, session, rounds, overrides, teacher=teacher)
         finally:
             session.close()
     rows = [{"round": r.number, "round_id": r.round_id, "teacher_run_id": r.teacher_run_id,

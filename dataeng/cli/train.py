@@ -30,6 +30,8 @@ def train_command(
     arch: Annotated[str | None, typer.Option(help="smp architecture, e.g. unet, fpn, deeplabv3plus.")] = None,
     encoder: Annotated[str | None, typer.Option(help="smp encoder, e.g. resnet18, or tu-<timm model>.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs to train.")] = None,
+    sample_budget: Annotated[int | None, typer.Option(
+        help="Images seen instead of --epochs: epochs = ceil(budget / train images).")] = None,
     image_size: Annotated[tuple[int, int] | None, typer.Option(help="Training size H W (multiples of 32).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (per process under torchrun).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
@@ -52,7 +54,8 @@ def train_command(
 
         ws = open_workspace(workspace)
         overrides: dict[str, Any] = {
-            "arch": arch, "encoder": encoder, "epochs": epochs, "image_size": image_size, "batch_size": batch_size,
+            "arch": arch, "encoder": encoder, "epochs": epochs, "sample_budget": sample_budget,
+            "image_size": image_size, "batch_size": batch_size,
             "lr": lr, "device": device, "encoder_weights": encoder_weights, "encoder_depth": encoder_depth,
             "num_workers": num_workers, "loss": loss, "seed": seed, "strong_augment": strong_augment or None,
         }

@@ -10,6 +10,11 @@ labels. Each round r >= 1 then:
 3. scores teacher and student on the current val set (human labels) and promotes the
    student to teacher only when its val mIoU is strictly higher.
 
+A round whose student would train on exactly the labels (same dataset fingerprint) and
+options of an earlier finished student (its teacher was not promoted and nothing new
+was labelled) reuses that student instead of training an identical one, and promotes
+nothing: the row says which run it reused (``metrics.reused_student``).
+
 Every round is a ``rounds`` row: its teacher, pseudolabel and student runs, what it added
 (accepted, queued, superseded) and what both models scored. A student that was not
 promoted never becomes the default teacher.
@@ -188,7 +193,11 @@ def _one_round(workspace: Workspace, session: Session, teacher: str | None, over
         row.teacher_run_id, row.pseudolabel_run_id = teacher_run_id, pseudo_run_id
         row.accepted, row.queued, row.superseded = counts["accepted"], counts["queued"], counts["superseded"]
         session.commit()
-        student = train(workspace, session, {**overrides, "strong_augment": True}, round=number,
+        student_options = {**overrides, "strong_augment": True}
+        same = identical_student(workspace, session, student_options)
+        if same is not None:
+            return _reuse(session, row, same, teacher_run_id, pseudo_run_id, counts)
+        student = train(workspace, session, student_options, round=number,
                         teacher_run_id=teacher_run_id, callbacks=callbacks)
         row.student_run_id = student.run_id
         session.commit()
@@ -207,6 +216,47 @@ def _one_round(workspace: Workspace, session: Session, teacher: str | None, over
     return RoundResult(row.id, number, teacher_run_id, pseudo_run_id, student.run_id, promoted,
                        counts["accepted"], counts["queued"], counts["superseded"], teacher_miou, student_miou,
                        student.test)
+
+
+_RUNTIME_OPTIONS = ("device", "num_workers")  # where a run trained, not what it learned
+
+
+def identical_student(workspace: Workspace, session: Session, overrides: dict[str, Any]) -> Run | None:
+    """An earlier finished student that trained on exactly the current train labels with these options.
+
+    Compares the dataset fingerprint (every label and file) and the resolved train
+    options, apart from device and worker count; None when there is none.
+    """
+    from dataeng.engine.data import registry_samples
+    from dataeng.engine.train import budgeted, dataset_fingerprint, resolve_options
+
+    samples = registry_samples(session, workspace, "train")
+    session.commit()
+    if not samples:
+        return None
+    options = budgeted(resolve_options(workspace.config.train, overrides), len(samples))
+    wanted = {k: v for k, v in options.model_dump(mode="json").items() if k not in _RUNTIME_OPTIONS}
+    fingerprint = dataset_fingerprint(samples)
+    candidates = session.scalars(select(Run).where(
+        Run.kind == "train", Run.status == "finished", Run.round.is_not(None), Run.round > 0,
+        Run.dataset_fingerprint == fingerprint).order_by(Run.id.desc()))
+    for run in candidates:
+        stored = {k: v for k, v in (run.config or {}).items() if k in wanted}
+        if stored == wanted:
+            return run
+    return None
+
+
+def _reuse(session: Session, row: Round, student: Run, teacher_run_id: int, pseudo_run_id: int | None,
+           counts: dict[str, int]) -> RoundResult:
+    row.student_run_id, row.promoted = student.id, False
+    row.metrics = {"teacher_val_miou": None, "student_val_miou": None, "student_test": None,
+                   "reused_student": student.id,
+                   "note": f"same labels and options as run {student.id}: not trained again, nothing promoted"}
+    row.status, row.finished_at = "finished", utcnow()
+    session.commit()
+    return RoundResult(row.id, row.number, teacher_run_id, pseudo_run_id, student.id, False, counts["accepted"],
+                       counts["queued"], counts["superseded"], None, None, None)
 
 
 def _fail(session: Session, row: Round) -> None:

@@ -101,6 +101,13 @@ def resolve_options(base: TrainConfig, overrides: dict[str, Any] | None = None) 
         raise ConfigError(err["msg"], field=f"train.{field}", value=err.get("input")) from e
 
 
+def budgeted(options: TrainOptions, train_images: int) -> TrainOptions:
+    """``options`` with ``epochs`` = ceil(sample_budget / train images) when a sample budget is set."""
+    if options.sample_budget is None or train_images < 1:
+        return options
+    return options.model_copy(update={"epochs": max(1, math.ceil(options.sample_budget / train_images))})
+
+
 def dataset_fingerprint(samples: list[Sample]) -> str:
     """sha256 over the sorted (label id, mask sha, alpha sha, confidence sha) trained on.
 
@@ -179,8 +186,8 @@ def train(
         raise DataEngError("no labelled train images: ingest images with masks (or accept pseudo-labels) "
                            "into the train split before `dataeng train`", field="split", value="train")
     fingerprint = dataset_fingerprint(splits["train"])
-    if options.sample_budget is not None and resume_run is None:
-        options = options.model_copy(update={"epochs": max(1, math.ceil(options.sample_budget / len(splits["train"])))})
+    if resume_run is None:
+        options = budgeted(options, len(splits["train"]))
     if resume_run is not None and resume_run.dataset_fingerprint != fingerprint:
         raise DataEngError(f"the train labels changed since run {resume_run.id} started; start a new run instead "
                            f"of resuming", field="dataset_fingerprint", value=fingerprint[:12])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from dataeng.annotation.masks import read_mask
 from dataeng.cli import app
-from dataeng.config import Config, TrainConfig
+from dataeng.config import AcceptConfig, Config, PseudolabelConfig, TrainConfig
 from dataeng.db.schema import Label, Round, Run
 from dataeng.engine import rounds as rounds_mod
 from dataeng.engine.rounds import run_rounds
@@ -30,7 +32,9 @@ def _half_labelled(tmp_path: Path, config: Config | None = None):
 
 
 def test_round_zero_then_promotion_only_on_improvement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ws = _half_labelled(tmp_path)
+    # Every pseudo-label is accepted, so each new teacher changes the students' train set.
+    ws = _half_labelled(tmp_path, Config(pseudolabel=PseudolabelConfig(accept=AcceptConfig(
+        min_confident_fraction=0, min_mean_confidence=0, min_stability=0))))
     scores: dict[int, float] = {}
     # Evaluation is forced so that the comparison is known: student 1 beats, student 2 does not.
     monkeypatch.setattr(rounds_mod, "val_miou", lambda ws_, s, run_id, device=None: scores[run_id])
@@ -75,6 +79,28 @@ def test_round_zero_then_promotion_only_on_improvement(tmp_path: Path, monkeypat
         assert best is not None and best.id != r2.student_run_id
         labels = s.scalars(select(Label).where(Label.origin == "pseudo", Label.status != "superseded")).all()
         assert {(x.run_id, x.round) for x in labels} == {(r1.student_run_id, 2)}
+        trained = s.query(Run).filter(Run.kind == "train").count()
+
+    # Round 3: same teacher, nothing new to label -> the same labels as student 2: not trained again.
+    with ws.session() as s:
+        (r3,) = run_rounds(ws, s, rounds=1, overrides=overrides)
+    assert (r3.number, r3.teacher_run_id, r3.student_run_id, r3.promoted) == (
+        3, r1.student_run_id, r2.student_run_id, False)
+    with ws.session() as s:
+        assert s.query(Run).filter(Run.kind == "train").count() == trained
+        row = s.scalars(select(Round).where(Round.number == 3)).one()
+        assert row.metrics["reused_student"] == r2.student_run_id and row.status == "finished"
+    # A new human label (an annotator's correction) changes the train set: the next round trains again.
+    with ws.session() as s:
+        pseudo = s.scalars(select(Label).where(Label.origin == "pseudo", Label.status == "active")).first()
+        assert pseudo is not None
+        pseudo.status = "superseded"
+        s.flush()
+        add_label(s, ws, pseudo.image_id, (read_mask(ws.root / pseudo.mask_path) == 1).astype(np.uint8))
+    scores[r2.student_run_id + 1] = 0.1  # the next run: rounds 3 and 4 had nothing to pseudo-label
+    with ws.session() as s:
+        (r4,) = run_rounds(ws, s, rounds=1, overrides=overrides)
+    assert r4.student_run_id not in (r2.student_run_id, r1.student_run_id) and not r4.promoted
 
 
 def test_cli_round_trains_round_zero_and_a_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,11 +30,12 @@ def _train(ws, **kw):
 
 def test_train_registers_run_files_and_test_metrics(tmp_path):
     ws, _ = make_workspace(tmp_path, n_train=6, n_val=2, n_test=3)
-    result = _train(ws, opts={"epochs": 2}, round=1)
+    result = _train(ws, opts={"epochs": 9, "sample_budget": 12}, round=1)  # 12 images seen / 6 = 2 epochs
     with ws.session() as session:
         run = session.get(Run, result.run_id)
         assert (run.kind, run.status, run.round) == ("train", "finished", 1)
         assert run.config["encoder"] == TINY_TRAIN["encoder"] and run.config["epochs"] == 2
+        assert run.config["sample_budget"] == 12
         assert run.config["classes"] == ["person"]
         assert run.code_version and run.device == "cpu" and run.finished_at is not None
         assert len(run.metrics["history"]) == 2 and run.metrics["best_epoch"] in (1, 2)
