@@ -11,16 +11,17 @@ Usage:
    Prints images/s of both, their ratio, and peak resident memory.
 2. ``--experiment``: synthetic portraits, ``--label-share`` of the train images labelled.
    Trains (a) supervised on the labelled share, (b) two ``dataeng round``s on top of (a),
-   (c) supervised on all train labels, each with the same sample budget (images seen);
-   prints test IoUs, the gap closed = (b - a) / (c - a), and the mean IoU against the
-   synthetic ground truth of the accepted and of the needs_review pseudo-labels.
+   (c) supervised on all train labels, each with the same sample budget (images seen),
+   and (d) the labelled share alone with the students' strong augmentation (what the
+   augmentation buys without pseudo-labels); prints test IoUs, the gap closed =
+   (b - a) / (c - a), and the mean IoU against the synthetic ground truth of the accepted
+   and of the needs_review pseudo-labels. ``--accept CF,MC,ST`` sets the accept thresholds.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import resource
 import shutil
 import time
@@ -138,7 +139,7 @@ def experiment(args: argparse.Namespace) -> None:
     from sqlalchemy import select
 
     from dataeng.annotation.masks import read_mask
-    from dataeng.config import Config, TrainConfig
+    from dataeng.config import AcceptConfig, Config, PseudolabelConfig, TrainConfig
     from dataeng.db.schema import Label
     from dataeng.engine.rounds import run_rounds
     from dataeng.engine.synth import generate
@@ -155,9 +156,13 @@ def experiment(args: argparse.Namespace) -> None:
     budget = args.budget  # images seen in training by every model
     base = {"encoder": args.encoder, "encoder_depth": args.depth, "image_size": (args.size, args.size),
             "batch_size": 16, "num_workers": 0, "device": "cpu", "warmup_epochs": 0.5, "lr": 3e-3, "seed": 0}
-    config = Config(train=TrainConfig(**{k: v for k, v in base.items() if k != "encoder_depth"}))
+    accept = dict(zip(("min_confident_fraction", "min_mean_confidence", "min_stability"),
+                      (float(v) for v in args.accept.split(",")), strict=True))
+    config = Config(train=TrainConfig(**{k: v for k, v in base.items() if k != "encoder_depth"}),
+                    pseudolabel=PseudolabelConfig(accept=AcceptConfig(**accept)))
     print(f"{args.train} train ({n_labelled} labelled), {args.val} val, {args.test} test images of "
-          f"{args.size}px; unet/{args.encoder} depth {args.depth}; budget {budget} images seen per model", flush=True)
+          f"{args.size}px; unet/{args.encoder} depth {args.depth}; budget {budget} images seen per model; "
+          f"accept {accept}", flush=True)
 
     def workspace(name: str, labelled_train: int) -> tuple[Any, dict[int, Path]]:
         from dataeng.storage import link_or_copy
@@ -179,21 +184,21 @@ def experiment(args: argparse.Namespace) -> None:
                     link_or_copy(mask_file, ws.root / label.mask_path, "copy")
         return ws, truth
 
-    def run_train(ws: Any, n_images: int, **extra: Any) -> Any:
+    def run_train(ws: Any, **extra: Any) -> Any:
         s = ws.new_session()
         try:
-            return train(ws, s, {**base, "epochs": max(1, math.ceil(budget / n_images)), **extra})
+            return train(ws, s, {**base, "sample_budget": budget, **extra})
         finally:
             s.close()
 
     ws_sup, truth = workspace("semi", n_labelled)
-    sup = run_train(ws_sup, n_labelled)
+    sup = run_train(ws_sup)
     print(f"supervised ({n_labelled} labels, {sup.epochs} epochs): test IoU {sup.test['iou']:.4f} "
           f"[{time.perf_counter() - t0:.0f}s]", flush=True)
     s = ws_sup.new_session()
     try:
-        # Students see at most the budget: their epochs assume every train image gets a label.
-        rounds = run_rounds(ws_sup, s, rounds=2, overrides={**base, "epochs": max(1, math.ceil(budget / args.train))})
+        # Every model sees the same number of images, whatever its train set's size.
+        rounds = run_rounds(ws_sup, s, rounds=2, overrides={**base, "sample_budget": budget})
         labels = s.scalars(select(Label).where(Label.origin == "pseudo")).all()
         quality: dict[tuple[int, str], list[tuple[float, float]]] = {}
         for lab in labels:  # superseded ones too: classified by the rule that placed them
@@ -211,11 +216,16 @@ def experiment(args: argparse.Namespace) -> None:
     print(f"after 2 rounds (teacher = run {final.teacher_after}): test IoU {best_test:.4f} "
           f"[{time.perf_counter() - t0:.0f}s]", flush=True)
     ws_all, _ = workspace("all", args.train)
-    full = run_train(ws_all, args.train)
+    full = run_train(ws_all)
     print(f"all labels ({args.train}, {full.epochs} epochs): test IoU {full.test['iou']:.4f} "
           f"[{time.perf_counter() - t0:.0f}s]")
+    ws_aug, _ = workspace("augment", n_labelled)
+    aug = run_train(ws_aug, strong_augment=True)
+    print(f"labelled share with strong augmentation, no pseudo-labels: test IoU {aug.test['iou']:.4f} "
+          f"[{time.perf_counter() - t0:.0f}s]")
     a, b, c = sup.test["iou"], best_test, full.test["iou"]
-    print(f"\ntest IoU: supervised {a:.4f} | after 2 rounds {b:.4f} | all labels {c:.4f}")
+    print(f"\ntest IoU: supervised {a:.4f} | strong augmentation only {aug.test['iou']:.4f} | after 2 rounds "
+          f"{b:.4f} | all labels {c:.4f}")
     print(f"gap closed: {(b - a) / (c - a):.3f}" if c != a else "gap closed: undefined (no gap)")
     for (rnd, kind), values in sorted(quality.items()):
         iou, kept = np.array(values).T
@@ -257,6 +267,8 @@ def main() -> None:
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--label-share", type=float, default=0.1)
     p.add_argument("--budget", type=int, default=1800, help="experiment: images seen in training per model")
+    p.add_argument("--accept", default="0.9,0.9,0.9", help="experiment: min confident fraction, mean confidence, "
+                   "stability")
     args = p.parse_args()
     if args.experiment:
         args.out = args.out or "bench_pl_experiment"
