@@ -29,6 +29,14 @@ def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarra
     return out.reshape(shape[0], shape[1], -1).transpose(2, 0, 1)
 
 
+def class_mask(probs: np.ndarray) -> np.ndarray:
+    """(K, H, W) probabilities to a uint8 class-index mask: for a binary model (K = 2) the
+    person where its probability >= 0.5, otherwise the argmax (as evaluation decides)."""
+    if probs.shape[0] == 2:
+        return (probs[1] >= 0.5).astype(np.uint8)
+    return probs.argmax(axis=0).astype(np.uint8)
+
+
 def foreground(probs: np.ndarray) -> np.ndarray:
     """Probability that a pixel is any foreground class: 1 - P(background); (K, h, w) -> (h, w)."""
     return 1.0 - probs[0]

@@ -115,7 +115,7 @@ def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], image_si
     """
     import torch
 
-    from dataeng.engine.compositing import resize_probabilities
+    from dataeng.engine.compositing import class_mask, resize_probabilities
     from dataeng.models.metrics import score_image, summarize
 
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
@@ -135,7 +135,7 @@ def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], image_si
                 problems.append((str(sample.image_path), item["error"]))
                 continue
             full = resize_probabilities(probs[i], tuple(item["shape"]))
-            pred = mask_from_probabilities(full)
+            pred = class_mask(full)
             pred_alpha = (1.0 - full[0]) if item["alpha"] is not None else None
             scores, cm = score_image(pred, item["mask"], num_classes, pred_alpha, item["alpha"])
             cm_total += cm
@@ -149,13 +149,6 @@ def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], image_si
     model.train(was_training)
     kept = [(image, pred) for _, _, image, pred in sorted(worst, key=lambda w: (-w[0][0], -w[0][1]))]
     return EvalOutcome(summarize([s.scores for s in scored], cm_total), scored, problems, kept)
-
-
-def mask_from_probabilities(probs: np.ndarray) -> np.ndarray:
-    """(K, H, W) probabilities to a uint8 class-index mask: foreground >= 0.5 for one class, else argmax."""
-    if probs.shape[0] == 2:
-        return (probs[1] >= 0.5).astype(np.uint8)
-    return probs.argmax(0).astype(np.uint8)
 
 
 def _keep(heap: list[tuple[tuple[float, int], int, ScoredImage, np.ndarray]], n: int, image: ScoredImage,
