@@ -79,9 +79,9 @@ class TrainConfig(_Section):
 class AcceptConfig(_Section):
     """An image's pseudo-label is accepted when all three scores pass."""
 
-    min_confident_fraction: float = Field(default=0.9, ge=0, le=1)
-    min_mean_confidence: float = Field(default=0.9, ge=0, le=1)
-    min_stability: float = Field(default=0.9, ge=0, le=1)
+    min_confident_fraction: float = Field(default=0.7, ge=0, le=1)
+    min_mean_confidence: float = Field(default=0.85, ge=0, le=1)
+    min_stability: float = Field(default=0.8, ge=0, le=1)
 
 
 class PseudolabelConfig(_Section):

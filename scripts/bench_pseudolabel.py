@@ -267,7 +267,7 @@ def main() -> None:
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--label-share", type=float, default=0.1)
     p.add_argument("--budget", type=int, default=1800, help="experiment: images seen in training per model")
-    p.add_argument("--accept", default="0.9,0.9,0.9", help="experiment: min confident fraction, mean confidence, "
+    p.add_argument("--accept", default="0.7,0.85,0.8", help="experiment: min confident fraction, mean confidence, "
                    "stability")
     args = p.parse_args()
     if args.experiment:

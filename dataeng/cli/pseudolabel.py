@@ -64,11 +64,11 @@ def pseudolabel_command(
     pixel_threshold: Annotated[float | None, typer.Option(help="Pixels below this confidence are ignored "
                                                               "(default 0.95).")] = None,
     accept_confident_fraction: Annotated[float | None, typer.Option(
-        help="Accept when at least this share of pixels is confident (default 0.9).")] = None,
+        help="Accept when at least this share of pixels is confident (default 0.7).")] = None,
     accept_mean_confidence: Annotated[float | None, typer.Option(
-        help="Accept when the mean confidence is at least this (default 0.9).")] = None,
+        help="Accept when the mean confidence is at least this (default 0.85).")] = None,
     accept_stability: Annotated[float | None, typer.Option(
-        help="Accept when the mask IoU at 0.5-d vs 0.5+d is at least this (default 0.9).")] = None,
+        help="Accept when the mask IoU at 0.5-d vs 0.5+d is at least this (default 0.8).")] = None,
     tta: Annotated[str | None, typer.Option(help="flip | none (default flip).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     shard: Annotated[str | None, typer.Option(help="i/n: only images whose id % n == i.")] = None,

@@ -276,4 +276,4 @@ def test_cli_pseudolabel_json_and_thresholds(tmp_path: Path) -> None:
 def test_config_defaults_are_the_documented_ones() -> None:
     c = PseudolabelConfig()
     assert (c.pixel_threshold, c.tta, c.stability_delta) == (0.95, "flip", 0.1)
-    assert (c.accept.min_confident_fraction, c.accept.min_mean_confidence, c.accept.min_stability) == (0.9, 0.9, 0.9)
+    assert (c.accept.min_confident_fraction, c.accept.min_mean_confidence, c.accept.min_stability) == (0.7, 0.85, 0.8)
