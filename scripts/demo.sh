@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default (SQLite, local files, synthetic portraits):
 # synthesise portraits with 10% labelled, ingest them, train a teacher, run two
-# pseudo-label rounds, export the best model to ONNX, cut out three portraits, write the report.
+# pseudo-label rounds, send the 5 most uncertain masks to Labelme and import scripted
+# corrections, run one more round, export the best model to ONNX, cut out three
+# portraits, write the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -32,19 +34,29 @@ dataeng train --seed 0
 echo "== 5. two pseudo-label rounds: teacher labels the pool, a student trains on human + accepted"
 dataeng round --rounds 2
 
-echo "== 6. export the best model to ONNX and cut out three portraits with it"
+echo "== 6. review: the 5 most uncertain masks to Labelme, scripted corrections back, one more round"
+dataeng review export "$DEMO/review" --format labelme --queue uncertain --limit 5
+if [ -f "$DEMO/review/manifest.json" ]; then
+    # An annotator would run: labelme "$DEMO/review" --flags reviewed
+    .venv/bin/python scripts/demo_correct.py "$DEMO/review" "$DEMO/data/truth/masks"
+    dataeng review import "$DEMO/review"
+    dataeng round --rounds 1
+fi
+
+echo "== 7. export the best model to ONNX and cut out three portraits with it"
 dataeng export model best --onnx "$DEMO/model.onnx" --dynamic
 mkdir -p "$DEMO/three"
 ls "$DEMO/data/unlabeled" | head -3 | while read -r f; do cp "$DEMO/data/unlabeled/$f" "$DEMO/three/"; done
 dataeng predict "$DEMO/three" --onnx "$DEMO/model.onnx" --as cutout --out "$DEMO/cutouts"
 
-echo "== 7. report"
+echo "== 8. report"
 dataeng report --out "$DEMO/report"
 dataeng doctor --quick
 
 echo
 echo "results:"
 echo "  workspace      $DEMO/ws   (registry.db, store/, runs/)"
+echo "  review         $DEMO/review  (Labelme files sent to annotators: labelme $DEMO/review --flags reviewed)"
 echo "  report         $DEMO/report/report.html  and report.json"
 echo "  ONNX model     $DEMO/model.onnx"
 echo "  cutouts        $DEMO/cutouts/"
