@@ -46,7 +46,8 @@ fi
 echo "== 7. export the best model to ONNX and cut out three portraits with it"
 dataeng export model best --onnx "$DEMO/model.onnx" --dynamic
 mkdir -p "$DEMO/three"
-ls "$DEMO/data/unlabeled" | head -3 | while read -r f; do cp "$DEMO/data/unlabeled/$f" "$DEMO/three/"; done
+pool=("$DEMO"/data/unlabeled/*.jpg)  # no `ls | head`: under pipefail its SIGPIPE can fail the demo
+cp "${pool[@]:0:3}" "$DEMO/three/"
 dataeng predict "$DEMO/three" --onnx "$DEMO/model.onnx" --as cutout --out "$DEMO/cutouts"
 
 echo "== 8. report"

@@ -1,7 +1,7 @@
 """The teacher of a pseudo-label run: which model, loaded and checked, and its probabilities.
 
 The default teacher is the finished train run with the best val mIoU, never a student a
-round refused to promote. A checkpoint file from outside the registry is registered as an
+round refused to promote nor a teacher a round replaced by its student. A checkpoint file from outside the registry is registered as an
 ``imported`` train run, so every pseudo-label points at its teacher.
 """
 
@@ -37,19 +37,39 @@ class Teacher:
 
 
 def rejected_students(session: Session) -> set[int]:
-    """Train runs that a round refused to promote; they never become the default teacher."""
+    """Train runs that a round refused to promote and no round promoted; never the default teacher.
+
+    A round that reuses an earlier student (same labels and options) records it unpromoted;
+    when that student had been promoted before, it is still the teacher.
+    """
     from dataeng.db.schema import Round
 
-    return set(session.scalars(select(Round.student_run_id).where(
-        Round.promoted.is_(False), Round.student_run_id.is_not(None))))
+    rows = session.execute(select(Round.student_run_id, Round.promoted).where(
+        Round.student_run_id.is_not(None), Round.promoted.is_not(None))).all()
+    promoted = {run_id for run_id, was_promoted in rows if was_promoted}
+    return {run_id for run_id, was_promoted in rows if not was_promoted} - promoted
+
+
+def beaten_teachers(session: Session) -> set[int]:
+    """Teachers whose student a round promoted: beaten on the same val set, never the default again."""
+    from dataeng.db.schema import Round
+
+    return set(session.scalars(select(Round.teacher_run_id).where(
+        Round.promoted.is_(True), Round.teacher_run_id.is_not(None),
+        Round.student_run_id.is_not(None), Round.student_run_id != Round.teacher_run_id)))
 
 
 def best_teacher_run(session: Session) -> Run | None:
-    """The finished train run with the best val mIoU (newest on a tie or without val), not a
-    student a round refused to promote; None when there is no finished train run."""
+    """The finished train run with the best val mIoU (newest on a tie or without val); None when
+    there is no finished train run.
+
+    Rounds decide first: a student a round refused to promote, and a teacher a round replaced
+    by its promoted student, are left out (those comparisons were made on one val set; the
+    stored val mIoUs of runs made at different times may not be).
+    """
     runs = session.scalars(select(Run).where(Run.kind == "train", Run.status == "finished",
                                              Run.checkpoint_path.is_not(None)).order_by(Run.id)).all()
-    refused = rejected_students(session)
+    refused = rejected_students(session) | beaten_teachers(session)
     best, best_key = None, (-2.0, -1)
     for run in runs:
         if run.id in refused:

@@ -15,7 +15,7 @@ from dataeng.config import AcceptConfig, Config, PseudolabelConfig, TrainConfig
 from dataeng.db.schema import Label, Round, Run
 from dataeng.engine import rounds as rounds_mod
 from dataeng.engine.rounds import run_rounds
-from dataeng.engine.teacher import best_teacher_run
+from dataeng.engine.teacher import beaten_teachers, best_teacher_run, rejected_students
 from tests.factories import TINY_TRAIN, add_label, make_workspace
 
 TINY_CONFIG = Config(train=TrainConfig(encoder="tu-mobilenetv3_small_050", image_size=(64, 64), batch_size=4,
@@ -114,3 +114,26 @@ def test_cli_round_trains_round_zero_and_a_student(tmp_path: Path, monkeypatch: 
         assert [r.promoted for r in s.scalars(select(Round).order_by(Round.id))] == [True, False]
     table = CliRunner().invoke(app, ["round", "-w", str(ws.root), "--rounds", "0"])
     assert table.exit_code == 0 and "rounds" in table.output
+
+
+def test_a_promoted_student_reused_by_a_later_round_stays_the_teacher(tmp_path: Path) -> None:
+    from tests.engine.pseudolabel_helpers import add_teacher_run
+
+    ws, _ = make_workspace(tmp_path, n_train=2, n_val=1, n_test=1, labelled=False)
+    supervised = add_teacher_run(ws, 2.0, val_miou=0.60)
+    student = add_teacher_run(ws, 2.0, val_miou=0.55, round=1)  # its stored val is lower: promotion decides
+    refused = add_teacher_run(ws, 2.0, val_miou=0.90, round=2)
+    with ws.session() as s:
+        s.add_all([Round(number=0, student_run_id=supervised, promoted=True, status="finished"),
+                   Round(number=1, teacher_run_id=supervised, student_run_id=student, promoted=True,
+                         status="finished"),
+                   # Round 2 had nothing new to learn from: it reused the student, promoting nothing.
+                   Round(number=2, teacher_run_id=student, student_run_id=student, promoted=False,
+                         status="finished", metrics={"reused_student": student}),
+                   Round(number=3, teacher_run_id=student, student_run_id=refused, promoted=False,
+                         status="finished")])
+    with ws.session() as s:
+        assert (rejected_students(s), beaten_teachers(s)) == ({refused}, {supervised})
+        best = best_teacher_run(s)
+        # Not the refused student (best stored val), nor the supervised run its student beat on one val set.
+        assert best is not None and best.id == student
