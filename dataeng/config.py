@@ -67,6 +67,10 @@ class TrainConfig(_Section):
     num_workers: int = Field(default=2, ge=0)
     seed: int = 0
     strong_augment: bool = False
+    human_share: float = Field(default=0.5, ge=0, le=1, description=(
+        "when the train set holds pseudo-labels, at least this share of each epoch's draws are human-labelled "
+        "images (drawn again as needed, as semi-supervised methods batch labelled and unlabelled data apart); "
+        "0 draws every label equally"))
 
     @field_validator("image_size")
     @classmethod

@@ -155,14 +155,15 @@ def experiment(args: argparse.Namespace) -> None:
     n_labelled = max(1, round(args.train * args.label_share))
     budget = args.budget  # images seen in training by every model
     base = {"encoder": args.encoder, "encoder_depth": args.depth, "image_size": (args.size, args.size),
-            "batch_size": 16, "num_workers": 0, "device": "cpu", "warmup_epochs": 0.5, "lr": 3e-3, "seed": 0}
+            "batch_size": 16, "num_workers": 0, "device": "cpu", "warmup_epochs": 0.5, "lr": 3e-3, "seed": 0,
+            "human_share": args.human_share}
     accept = dict(zip(("min_confident_fraction", "min_mean_confidence", "min_stability"),
                       (float(v) for v in args.accept.split(",")), strict=True))
     config = Config(train=TrainConfig(**{k: v for k, v in base.items() if k != "encoder_depth"}),
                     pseudolabel=PseudolabelConfig(accept=AcceptConfig(**accept)))
     print(f"{args.train} train ({n_labelled} labelled), {args.val} val, {args.test} test images of "
           f"{args.size}px; unet/{args.encoder} depth {args.depth}; budget {budget} images seen per model; "
-          f"accept {accept}", flush=True)
+          f"accept {accept}; students' human share {args.human_share}", flush=True)
 
     def workspace(name: str, labelled_train: int) -> tuple[Any, dict[int, Path]]:
         from dataeng.storage import link_or_copy
@@ -267,6 +268,7 @@ def main() -> None:
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--label-share", type=float, default=0.1)
     p.add_argument("--budget", type=int, default=1800, help="experiment: images seen in training per model")
+    p.add_argument("--human-share", type=float, default=0.5, help="experiment: [train] human_share of the students")
     p.add_argument("--accept", default="0.7,0.85,0.8", help="experiment: min confident fraction, mean confidence, "
                    "stability")
     args = p.parse_args()

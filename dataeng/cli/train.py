@@ -44,6 +44,9 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="Seed of weights, order and augmentation.")] = None,
     strong_augment: Annotated[bool, typer.Option("--strong-augment", help="Noisy-Student strong augmentation.")
                               ] = False,
+    human_share: Annotated[float | None, typer.Option(help="With pseudo-labels in the train set: at least this "
+                                                           "share of each epoch is human-labelled (0: plain).")
+                           ] = None,
     resume: Annotated[int | None, typer.Option(help="Continue this killed run from its last epoch.")] = None,
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
@@ -58,6 +61,7 @@ def train_command(
             "image_size": image_size, "batch_size": batch_size,
             "lr": lr, "device": device, "encoder_weights": encoder_weights, "encoder_depth": encoder_depth,
             "num_workers": num_workers, "loss": loss, "seed": seed, "strong_augment": strong_augment or None,
+            "human_share": human_share,
         }
         session = ws.new_session()
         try:

@@ -7,6 +7,9 @@
 - Augmentation randomness is a pure function of ``(seed, epoch, index)``: the sampler
   hands each index its own seed, so results do not depend on the number of workers or
   on where a resumed run restarted.
+- A train set that mixes human and pseudo-labels is drawn so that at least
+  ``human_share`` of each epoch is human-labelled (:func:`mixed_epoch`): a handful of
+  human labels is not drowned by hundreds of pseudo-labels.
 - Evaluation: the image is resized to ``image_size`` for the network; truth masks stay
   at their original size (metrics are computed there, see engine/evaluate.py).
 - Images are sent as uint8 and normalised on the device (4x less to copy).
@@ -20,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +63,7 @@ class Sample:
     alpha_path: Path | None = None
     conf_path: Path | None = None
     weighted: bool = False
+    pseudo: bool = False
     image_id: int | None = None
     label_id: int | None = None
     external: bool = False
@@ -86,7 +91,7 @@ def registry_samples(session: Session, workspace: Workspace, split: str,
             alpha_path=workspace.image_path(label.alpha_path) if label.alpha_path else None,
             conf_path=workspace.image_path(label.conf_path) if label.conf_path else None,
             weighted=label.origin == "pseudo" and label.conf_path is not None,
-            image_id=image.id, label_id=label.id,
+            pseudo=label.origin == "pseudo", image_id=image.id, label_id=label.id,
         ))
     return out
 
@@ -168,10 +173,61 @@ def train_transform(image_size: tuple[int, int], strong: bool = False, augment: 
     return A.Compose(ops, additional_targets=targets)
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of one item in one epoch (stable across processes)."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+def item_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """The augmentation seed of one item in one epoch (stable across processes); ``repeat``
+    counts earlier draws of the same item in the epoch, so each draw gets its own view."""
+    key = f"{seed}:{epoch}:{index}" if repeat == 0 else f"{seed}:{epoch}:{index}:{repeat}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def mixed_epoch(human: Sequence[int], pseudo: Sequence[int], human_share: float,
+                rng: np.random.Generator) -> list[int]:
+    """One epoch's order of ``len(human) + len(pseudo)`` draws, at least ``human_share`` of them human.
+
+    With too few human items for the share they are drawn again (whole shuffled passes, then
+    part of one), and that many pseudo-labelled items are left out of the epoch (a different
+    subset each epoch). When the natural share is already enough it is a plain permutation.
+
+    Example::
+
+        order = mixed_epoch([0, 1], [2, 3, 4, 5, 6, 7], 0.5, np.random.default_rng(0))
+        sum(i < 2 for i in order)  # 4 of the 8 draws are the two human items
+    """
+    n = len(human) + len(pseudo)
+    if not human or not pseudo or len(human) >= human_share * n:
+        return [int(i) for i in rng.permutation(np.array([*human, *pseudo], dtype=np.int64))]
+    n_human = min(n, math.ceil(human_share * n))
+    passes = [rng.permutation(np.asarray(human, dtype=np.int64)) for _ in range(math.ceil(n_human / len(human)))]
+    drawn_human = np.concatenate(passes)[:n_human]
+    drawn_pseudo = rng.permutation(np.asarray(pseudo, dtype=np.int64))[: n - n_human]
+    return [int(i) for i in rng.permutation(np.concatenate([drawn_human, drawn_pseudo]))]
+
+
+class MixedSampler:
+    """Epoch orders from :func:`mixed_epoch`, a pure function of (seed, epoch), split over DDP ranks.
+
+    Rank r of w takes every w-th draw (the epoch padded by wrapping, as DistributedSampler does).
+    """
+
+    def __init__(self, human: Sequence[int], pseudo: Sequence[int], human_share: float, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.human, self.pseudo, self.human_share = list(human), list(pseudo), human_share
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng(item_seed(self.seed, self.epoch, -2))
+        order = mixed_epoch(self.human, self.pseudo, self.human_share, rng)
+        total = len(self) * self.world_size
+        order = (order * math.ceil(total / len(order)))[:total]
+        return iter(order[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return math.ceil((len(self.human) + len(self.pseudo)) / self.world_size)
 
 
 class TrainDataset:
@@ -228,8 +284,11 @@ class SeededSampler:
             self.generator.manual_seed(item_seed(self.seed, epoch, -1) % (2**63))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        seen: dict[int, int] = {}
         for index in self.base:
-            yield int(index), item_seed(self.seed, self.epoch, int(index))
+            repeat = seen.get(int(index), 0)
+            seen[int(index)] = repeat + 1
+            yield int(index), item_seed(self.seed, self.epoch, int(index), repeat)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -246,8 +305,12 @@ def worker_init(worker_id: int) -> None:
 
 def train_loader(samples: Sequence[Sample], image_size: tuple[int, int], batch_size: int, seed: int,
                  num_workers: int, strong: bool = False, augment: bool = True, distributed: bool = False,
-                 pin_memory: bool = False) -> Any:
+                 pin_memory: bool = False, human_share: float = 0.0) -> Any:
     """A DataLoader of augmented batches with deterministic order and augmentation.
+
+    Args:
+        human_share: when ``samples`` mix human and pseudo-labels, at least this share of
+            each epoch's draws are human (:func:`mixed_epoch`); the epoch length is unchanged.
 
     Returns:
         A ``torch.utils.data.DataLoader``; call ``loader.batch_sampler.sampler.set_epoch(e)``
@@ -258,8 +321,17 @@ def train_loader(samples: Sequence[Sample], image_size: tuple[int, int], batch_s
 
     dataset = TrainDataset(samples, image_size, strong, augment)
     generator = None
-    if distributed:
-        base: Any = DistributedSampler(range(len(dataset)), shuffle=True, seed=seed, drop_last=False)  # type: ignore[arg-type]
+    pseudo = [i for i, sample in enumerate(samples) if sample.pseudo]
+    if pseudo and human_share > 0 and len(pseudo) < len(samples):
+        human = [i for i, sample in enumerate(samples) if not sample.pseudo]
+        rank, world = 0, 1
+        if distributed:
+            import torch.distributed as torch_dist
+
+            rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
+        base: Any = MixedSampler(human, pseudo, human_share, seed, rank, world)
+    elif distributed:
+        base = DistributedSampler(range(len(dataset)), shuffle=True, seed=seed, drop_last=False)  # type: ignore[arg-type]
     else:
         generator = torch.Generator()
         base = RandomSampler(range(len(dataset)), generator=generator)

@@ -1,8 +1,9 @@
 """The teacher of a pseudo-label run: which model, loaded and checked, and its probabilities.
 
 The default teacher is the finished train run with the best val mIoU, never a student a
-round refused to promote nor a teacher a round replaced by its student. A checkpoint file from outside the registry is registered as an
-``imported`` train run, so every pseudo-label points at its teacher.
+round refused to promote nor a teacher a round replaced by its student. A checkpoint file
+from outside the registry is registered as an ``imported`` train run, so every
+pseudo-label points at its teacher.
 """
 
 from __future__ import annotations

@@ -242,7 +242,8 @@ def _train(workspace: Workspace, session: Session, options: TrainOptions, classe
         model = model.to(memory_format=torch.channels_last)
     loader = train_loader(splits["train"], options.image_size, options.batch_size, options.seed,
                           options.num_workers, options.strong_augment, options.augment,
-                          distributed=dist.world_size > 1, pin_memory=device.type == "cuda")
+                          distributed=dist.world_size > 1, pin_memory=device.type == "cuda",
+                          human_share=options.human_share)
     opt = loop.make_optimisation(model, device, options.lr, options.weight_decay, options.warmup_epochs,
                                  options.epochs, len(loader))
     history: list[dict[str, Any]] = []

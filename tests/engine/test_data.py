@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dataeng.annotation.types import IGNORE_INDEX
 from dataeng.engine.data import (
     EvalDataset,
+    MixedSampler,
     Sample,
+    SeededSampler,
     TrainDataset,
     external_mask,
+    mixed_epoch,
     registry_samples,
     train_loader,
 )
@@ -90,6 +94,57 @@ def test_loader_is_deterministic_across_worker_counts(tmp_path):
     zero = batches(0, 1)
     assert all(torch.equal(x, y) for x, y in zip(zero, batches(2, 1), strict=True))
     assert not torch.equal(zero[0], batches(0, 2)[0])
+
+
+@pytest.mark.parametrize(("n_human", "n_pseudo", "share", "expected_human"),
+                         [(3, 27, 0.5, 15), (2, 8, 0.5, 5), (1, 9, 0.25, 3), (6, 4, 0.5, 6), (3, 7, 0.0, 3)])
+def test_mixed_epoch_draws_at_least_the_human_share(n_human, n_pseudo, share, expected_human):
+    human, pseudo = list(range(n_human)), list(range(n_human, n_human + n_pseudo))
+    order = mixed_epoch(human, pseudo, share, np.random.default_rng(0))
+    drawn = [i for i in order if i < n_human]
+    assert len(order) == n_human + n_pseudo  # the epoch keeps its length: sample budgets still hold
+    assert len(drawn) == expected_human
+    assert set(drawn) == set(human)  # every human item, each as evenly as whole passes allow
+    assert max(np.bincount(drawn)) - min(np.bincount(drawn)) <= 1
+    assert len(set(order) - set(human)) == len(order) - expected_human  # pseudo items at most once
+
+
+def test_mixed_sampler_is_seeded_and_splits_over_ranks_and_repeats_get_their_own_seed():
+    human, pseudo = [0, 1], list(range(2, 12))
+    one = MixedSampler(human, pseudo, 0.5, seed=3)
+    one.set_epoch(1)
+    first = list(one)
+    one.set_epoch(1)
+    assert list(one) == first
+    one.set_epoch(2)
+    assert list(one) != first
+    ranks = [MixedSampler(human, pseudo, 0.5, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(1)
+    assert sorted([*ranks[0], *ranks[1]]) == sorted(first) and len(ranks[0]) == 6
+    seeded = SeededSampler(one, seed=3)
+    seeded.set_epoch(1)
+    pairs = list(seeded)
+    assert len({seed for index, seed in pairs if index == 0}) == first.count(0) == 3  # one view per draw
+
+
+def test_loader_mixes_human_and_pseudo_labels_by_share(tmp_path):
+    ws, made = make_workspace(tmp_path, n_train=2, n_val=0, n_test=0, size=32)
+    with ws.session() as session:
+        for k in range(8):
+            img = add_image(session, ws, np.roll(made[0].image, k + 1, axis=1), "train", f"p{k}")
+            add_label(session, ws, img.id, made[0].mask, origin="pseudo",
+                      confidence=np.ones(made[0].mask.shape, np.float32))
+    with ws.session() as session:
+        samples = registry_samples(session, ws, "train")
+    assert sum(s.pseudo for s in samples) == 8
+    loader = train_loader(samples, (32, 32), batch_size=5, seed=0, num_workers=0, human_share=0.5)
+    loader.sampler.set_epoch(1)
+    indices = [index for index, _ in loader.sampler]
+    assert len(indices) == 10 and sum(not samples[i].pseudo for i in indices) == 5
+    plain = train_loader(samples, (32, 32), batch_size=5, seed=0, num_workers=0)
+    plain.sampler.set_epoch(1)
+    assert sorted(index for index, _ in plain.sampler) == list(range(10))
 
 
 def test_eval_dataset_keeps_full_resolution_truth(tmp_path):
