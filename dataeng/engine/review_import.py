@@ -25,11 +25,6 @@ item is then ``refused`` for good: no silent overwrite).
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
-import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,19 +34,17 @@ from sqlalchemy import func, select, update
 
 from dataeng.db.schema import Batch, Image, Label, Problem, Review, utcnow
 from dataeng.engine.review import items_of, review_summary, update_item
-from dataeng.engine.review_export import CVAT_LABELS_NAME, REVIEWED_FLAG, draw
-from dataeng.engine.review_manifest import MANIFEST_NAME, Manifest, read_manifest
+from dataeng.engine.review_export import REVIEWED_FLAG, draw
+from dataeng.engine.review_input import Input, Source, open_input
+from dataeng.engine.review_manifest import Manifest, read_manifest
 from dataeng.errors import DataEngError, InputError, NothingToDoError, RegistryError
 from dataeng.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from dataeng.annotation.types import ImageAnnotation, LabelMap
+    from dataeng.annotation.types import LabelMap
     from dataeng.workspace import Workspace
-
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_MAX_ZIP_MEMBER = 2 << 30  # annotations.xml or manifest.json bigger than this is not an export
 
 
 def edit_iou(before: np.ndarray, after: np.ndarray) -> float:
@@ -106,25 +99,6 @@ class ReviewImport:
                 "reviews": self.reviews}
 
 
-@dataclass
-class _Source:
-    """One annotation found in the input: a Labelme file or one CVAT ``<image>``."""
-
-    key: str  # Labelme: the JSON's file name; CVAT: the image's base name
-    path: str  # named in messages
-    annotation: ImageAnnotation | None = None
-    error: DataEngError | None = None
-    image_sha256: Callable[[], str | None] = lambda: None
-
-
-@dataclass
-class _Input:
-    kind: str  # labelme | cvat
-    sources: list[_Source]
-    manifest: Path | None
-    problems: list[DataEngError]
-
-
 def import_review(
     workspace: Workspace,
     session: Session,
@@ -166,7 +140,7 @@ def import_review(
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     label_map = LabelMap(workspace.config.classes, workspace.config.aliases)
-    with _open_input(path, manifest) as found:
+    with open_input(path, manifest) as found:
         if not found.sources and not found.problems:
             raise NothingToDoError(f"{path}: no Labelme JSON or CVAT annotations.xml to import")
         read = read_manifest(found.manifest) if found.manifest is not None else None
@@ -202,121 +176,9 @@ def import_review(
     return summary
 
 
-# ---------------------------------------------------------------- input
-@contextmanager
-def _open_input(path: Path, manifest: Path | None) -> Iterator[_Input]:
-    if path.is_file() and path.suffix.lower() == ".zip":
-        try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise InputError(f"not a readable zip: {e}", path=path) from e
-        with tempfile.TemporaryDirectory(prefix="dataeng-review-") as tmp, zf:
-            yield _zip_input(zf, path, Path(tmp), manifest)
-        return
-    if path.is_file() and path.suffix.lower() != ".xml":
-        raise InputError("expected a folder, a CVAT .xml or a CVAT export .zip", path=path)
-    folder = path if path.is_dir() else path.parent
-    beside = folder / MANIFEST_NAME
-    manifest = manifest or (beside if beside.is_file() else None)
-    xml = path if path.is_file() else folder / "annotations.xml"
-    if xml.is_file():
-        problems: list[DataEngError] = []
-        sources = _cvat_sources(xml, folder, lambda name: _file_sha(folder, name), problems)
-        yield _Input("cvat", sources, manifest, problems)
-        return
-    yield _Input("labelme", _labelme_sources(folder), manifest, [])
-
-
-def _zip_input(zf: zipfile.ZipFile, path: Path, tmp: Path, manifest: Path | None) -> _Input:
-    """A CVAT task export zip: its ``annotations.xml`` (and manifest), images hashed inside the zip."""
-    members = [m for m in zf.infolist() if not m.is_dir()]
-
-    def extract(name: str) -> Path | None:
-        found = sorted((m for m in members if Path(m.filename).name == name), key=lambda m: len(m.filename))
-        if not found:
-            return None
-        if found[0].file_size > _MAX_ZIP_MEMBER:
-            raise InputError(f"larger than {_MAX_ZIP_MEMBER >> 30} GiB uncompressed",
-                             path=f"{path}:{found[0].filename}", field="file_size", value=found[0].file_size)
-        target = tmp / name  # a fixed name: nothing in the zip decides where files go
-        with zf.open(found[0]) as src:
-            target.write_bytes(src.read())
-        return target
-
-    xml = extract("annotations.xml")
-    if xml is None:
-        raise InputError("no annotations.xml in the zip; export the task as 'CVAT for images 1.1'", path=path)
-    inside = extract(MANIFEST_NAME)
-    beside = path.parent / MANIFEST_NAME
-    manifest = manifest or inside or (beside if beside.is_file() else None)
-    images = {Path(m.filename).name: m for m in members if Path(m.filename).suffix.lower() in _IMAGE_SUFFIXES}
-
-    def sha(name: str) -> str | None:
-        member = images.get(Path(name).name)
-        if member is None:
-            return None
-        h = hashlib.sha256()
-        with zf.open(member) as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    problems: list[DataEngError] = []
-    sources = _cvat_sources(xml, tmp, sha, problems, shown=f"{path}:annotations.xml")
-    return _Input("cvat", sources, manifest, problems)
-
-
-def _file_sha(folder: Path, name: str) -> str | None:
-    from dataeng.storage import file_sha256
-
-    base = Path(name).name
-    for candidate in (folder / "images" / base, folder / base):
-        if candidate.is_file():
-            return file_sha256(candidate)
-    return None
-
-
-def _labelme_sources(folder: Path) -> list[_Source]:
-    from dataeng.annotation.formats import labelme
-    from dataeng.storage import file_sha256
-
-    sources = []
-    for file in sorted(folder.glob("*.json")):
-        if file.name in (MANIFEST_NAME, CVAT_LABELS_NAME):
-            continue
-        source = _Source(file.name, str(file))
-        try:
-            source.annotation, _ = labelme.read_file(file, folder)
-        except DataEngError as e:
-            source.error = e
-        else:
-            image = source.annotation.image_path
-            source.image_sha256 = (lambda p=image: file_sha256(p) if p is not None and p.is_file() else None)
-        sources.append(source)
-    return sources
-
-
-def _cvat_sources(xml: Path, root: Path, sha: Callable[[str], str | None], problems: list[DataEngError],
-                  shown: str | None = None) -> list[_Source]:
-    from dataeng.annotation.formats import cvat
-
-    try:
-        result = cvat.read(xml, root=root)
-    except DataEngError as e:
-        problems.append(e)
-        return []
-    problems.extend(result.problems)
-    sources = []
-    for annotation in result.items:
-        name = Path(annotation.image_name.replace("\\", "/")).name
-        sources.append(_Source(name, f"{shown or xml}:{annotation.image_name}", annotation,
-                               image_sha256=lambda n=name: sha(n)))
-    return sources
-
-
 # ---------------------------------------------------------------- matching
-def _match_manifest(session: Session, summary: ReviewImport, found: _Input, manifest: Manifest,
-                    review: Review) -> list[tuple[int, int, _Source]]:
+def _match_manifest(session: Session, summary: ReviewImport, found: Input, manifest: Manifest,
+                    review: Review) -> list[tuple[int, int, Source]]:
     """Files -> items of the manifest's review; unknown images and foreign entries refused."""
     by_key = {s.key: s for s in found.sources}
     items = items_of(review)
@@ -356,7 +218,7 @@ def _match_manifest(session: Session, summary: ReviewImport, found: _Input, mani
     return matched
 
 
-def _match_sha256(session: Session, summary: ReviewImport, found: _Input) -> list[tuple[int, int, _Source]]:
+def _match_sha256(session: Session, summary: ReviewImport, found: Input) -> list[tuple[int, int, Source]]:
     """No manifest: each file's image, by sha256, -> the newest review holding it."""
     reviews = list(session.scalars(select(Review).order_by(Review.id.desc())))
     matched = []
@@ -399,7 +261,7 @@ def _newest_item(reviews: list[Review], image_id: int) -> tuple[int, int] | None
 
 # ---------------------------------------------------------------- one item
 def _import_one(workspace: Workspace, session: Session, summary: ReviewImport, label_map: LabelMap,
-                review_id: int, n: int, source: _Source) -> None:
+                review_id: int, n: int, source: Source) -> None:
     """Check, draw and compare one correction (no lock held), then register it in one transaction."""
     from dataeng.annotation.masks import encode_png, read_mask
     from dataeng.engine.labels import EncodedLabel
@@ -448,7 +310,7 @@ def _import_one(workspace: Workspace, session: Session, summary: ReviewImport, l
 
 
 def _register(workspace: Workspace, session: Session, summary: ReviewImport, review_id: int, n: int,
-              source: _Source, encoded: Any, iou: float | None, unchanged: bool, meta: dict[str, Any]) -> None:
+              source: Source, encoded: Any, iou: float | None, unchanged: bool, meta: dict[str, Any]) -> None:
     from dataeng.engine.labels import add_human_label
 
     try:
