@@ -56,6 +56,7 @@ class TrainConfig(_Section):
     arch: str = "unet"
     encoder: str = "resnet18"
     encoder_weights: str = "none"
+    encoder_depth: int = Field(default=5, ge=3, le=5, description="encoder stages; 3 makes a tiny model")
     image_size: tuple[int, int] = (256, 256)
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=8, ge=1)

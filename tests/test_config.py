@@ -38,3 +38,14 @@ def test_config_file_that_is_not_toml(tmp_path: Path) -> None:
     path.write_text("classes = [person")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+def test_train_keys_of_the_toml_reach_every_run(tmp_path: Path) -> None:
+    from dataeng.engine.train import resolve_options
+
+    config = parse_config({"train": {"encoder_depth": 3, "human_share": 0.25}})
+    options = resolve_options(config.train, {"epochs": 2})
+    assert (options.encoder_depth, options.human_share, options.epochs) == (3, 0.25, 2)
+    assert resolve_options(config.train, {"encoder_depth": 4}).encoder_depth == 4  # the CLI still overrides
+    with pytest.raises(ConfigError, match="encoder_depth"):
+        parse_config({"train": {"encoder_depth": 6}})

@@ -50,7 +50,6 @@ SMALL_EVAL_SET = 32  # below this many images, evaluate in the main process (no 
 class TrainOptions(TrainConfig):
     """``[train]`` of dataeng.toml plus per-call options that are not workspace defaults."""
 
-    encoder_depth: int = Field(default=5, ge=3, le=5, description="encoder stages; 3 makes a tiny model")
     augment: bool = Field(default=True, description="geometric and colour augmentation of train images")
     sample_budget: int | None = Field(default=None, ge=1, description=(
         "train for ceil(sample_budget / train images) epochs instead of `epochs`: the same number of images "
