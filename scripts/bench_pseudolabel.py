@@ -159,7 +159,7 @@ def experiment(args: argparse.Namespace) -> None:
             "human_share": args.human_share}
     accept = dict(zip(("min_confident_fraction", "min_mean_confidence", "min_stability"),
                       (float(v) for v in args.accept.split(",")), strict=True))
-    config = Config(train=TrainConfig(**{k: v for k, v in base.items() if k != "encoder_depth"}),
+    config = Config(train=TrainConfig(**base),
                     pseudolabel=PseudolabelConfig(accept=AcceptConfig(**accept)))
     print(f"{args.train} train ({n_labelled} labelled), {args.val} val, {args.test} test images of "
           f"{args.size}px; unet/{args.encoder} depth {args.depth}; budget {budget} images seen per model; "

@@ -42,8 +42,7 @@ def _kept_iou(pseudo: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_two_rounds_beat_supervised_and_accepted_labels_beat_reviewed(tmp_path: Path) -> None:
-    config = Config(train=TrainConfig(**{k: v for k, v in OPTIONS.items() if k not in ("encoder_depth",
-                                                                                         "sample_budget")}))
+    config = Config(train=TrainConfig(**{k: v for k, v in OPTIONS.items() if k != "sample_budget"}))
     ws, made = make_workspace(tmp_path, n_train=N_TRAIN, n_val=N_VAL, n_test=N_TEST, size=SIZE, style="synth",
                               labelled=False, config=config)
     truth = {m.image_id: m.mask for m in made}
