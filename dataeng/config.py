@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dataeng.errors import ConfigError
 
 CONFIG_FILE = "dataeng.toml"
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -68,6 +70,10 @@ class TrainConfig(_Section):
     num_workers: int = Field(default=2, ge=0)
     seed: int = 0
     strong_augment: bool = False
+    val_every: int = Field(default=0, ge=0, description=(
+        "validate and keep the checkpoint after each epoch that brings the train images seen since the last "
+        "validation to at least this many (and after the last epoch); 0 validates every epoch. Set it when "
+        "epochs are tiny (a few labelled images and a large sample budget)"))
     human_share: float = Field(default=0.5, ge=0, le=1, description=(
         "when the train set holds pseudo-labels, at least this share of each epoch's draws are human-labelled "
         "images (drawn again as needed, as semi-supervised methods batch labelled and unlabelled data apart); "
@@ -145,6 +151,41 @@ def parse_config(data: dict[str, Any], source: str = CONFIG_FILE) -> Config:
         if err["type"] == "extra_forbidden":
             raise ConfigError("unknown key", path=source, field=field) from e
         raise ConfigError(err["msg"], path=source, field=field or None, value=err.get("input")) from e
+
+
+def with_overrides(model: type[SectionT], base: BaseModel, overrides: dict[str, Any] | None, section: str
+                   ) -> SectionT:
+    """``base``'s values, then the non-None ``overrides`` (nested dicts merge into nested sections),
+    validated as ``model``: the one place command-line and per-call options meet dataeng.toml.
+
+    Example::
+
+        options = with_overrides(PseudolabelConfig, config.pseudolabel, {"tta": "none",
+                                 "accept": {"min_stability": 0.9}}, "pseudolabel")
+
+    Raises:
+        ConfigError: an unknown option or an invalid value, naming ``section.key`` and the value.
+    """
+    data = _merge(base.model_dump(), overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        message = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(message, field=f"{section}.{field}", value=err.get("input")) from e
+
+
+def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_config(path: Path) -> Config:

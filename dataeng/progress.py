@@ -1,8 +1,10 @@
 """Progress reporting for long jobs, kept apart from the engine.
 
-Engine functions take a :class:`Progress` and call ``task(description, total)`` then
-``advance(n)``; the CLI passes :class:`RichProgress` (a rich progress bar on stderr),
-tests and library users get the silent default.
+Every long engine function takes one :class:`Progress` (the only progress protocol):
+``task(description, total)`` starts a bar, ``advance(n, **fields)`` moves it and shows the
+fields (loss, counts), ``note(text)`` prints a line above it (an epoch's summary). The CLI
+passes :class:`RichProgress` (a rich progress bar on stderr); tests and library users get
+the silent default.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Protocol
 class Progress(Protocol):
     def task(self, description: str, total: int | None) -> None: ...
     def advance(self, n: int = 1, **fields: Any) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class NullProgress:
@@ -24,6 +27,9 @@ class NullProgress:
         pass
 
     def advance(self, n: int = 1, **fields: Any) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
 
@@ -44,6 +50,9 @@ class RichProgress:
             return
         info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         self._progress.update(self._task, advance=n, **({"info": info} if info else {}))
+
+    def note(self, text: str) -> None:
+        self._progress.console.print(text, highlight=False)
 
 
 def _rate_column_class() -> Any:

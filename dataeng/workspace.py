@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dataeng.config import CONFIG_FILE, Config, load_config, render_config
+from dataeng.db.migrate import upgrade
+from dataeng.db.session import make_engine, make_sessionmaker, session_scope
 from dataeng.errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -129,19 +131,16 @@ class Workspace:
 
     @cached_property
     def engine(self) -> Engine:
-        from dataeng.db.session import make_engine
 
         return make_engine(self.db_url)
 
     @cached_property
     def _sessionmaker(self) -> sessionmaker[Session]:
-        from dataeng.db.session import make_sessionmaker
 
         return make_sessionmaker(self.engine)
 
     def migrate(self) -> tuple[str | None, str]:
         """Upgrade the registry schema; reports through ``on_migrate`` when it changed."""
-        from dataeng.db.migrate import upgrade
 
         before, after = upgrade(self.engine)
         if before != after and before is not None and self.on_migrate is not None:
@@ -151,7 +150,6 @@ class Workspace:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work on the registry: commit on success, roll back on error."""
-        from dataeng.db.session import session_scope
 
         with session_scope(self._sessionmaker) as session:
             yield session

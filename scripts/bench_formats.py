@@ -41,21 +41,21 @@ def baseline(files: list[Path], out: Path) -> float:
 
 
 def ours(folder: Path, ws_root: Path) -> tuple[float, int]:
-    from dataeng.engine.annotations import LabelSummary, discover, read_all, register_labels
-    from dataeng.engine.ingest import ingest
+    from dataeng.engine.ingest.annotations import LabelSummary, discover, read_all, register_labels
+    from dataeng.engine.ingest.ingest import ingest
     from dataeng.workspace import Workspace
 
     shutil.rmtree(ws_root, ignore_errors=True)
     ws = Workspace.init(ws_root)
     with ws.session() as s:
         # the images the JSONs point at, registered up front (files, so no annotation is found): not timed
-        images = ingest(s, ws, sorted((folder / "labelme").glob("*.jpg")))
+        images = ingest(ws, s, sorted((folder / "labelme").glob("*.jpg")))
     t = time.perf_counter()
     with ws.session() as s:
         summary = LabelSummary()
         sets = discover([folder / "labelme"])
         items, problems = read_all(sets, summary)
-        register_labels(s, ws, images.batch_id, items, images.image_ids, summary)
+        register_labels(ws, s, images.batch_id, items, images.image_ids, summary)
     elapsed = time.perf_counter() - t
     assert not problems, problems[:3]
     return elapsed, summary.labels_added

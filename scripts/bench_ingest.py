@@ -59,13 +59,13 @@ def floor(paths: list[Path]) -> float:
 
 
 def run_ingest(ws_root: Path, inputs: list[Path]) -> tuple[float, dict]:
-    from dataeng.engine.ingest import ingest
+    from dataeng.engine.ingest.ingest import ingest
     from dataeng.workspace import Workspace
 
     ws = Workspace.open(ws_root)
     t = time.perf_counter()
     with ws.session() as s:
-        summary = ingest(s, ws, inputs)
+        summary = ingest(ws, s, inputs)
     return time.perf_counter() - t, summary.to_dict()
 
 
@@ -73,8 +73,8 @@ def bulk_rows(ws_root: Path, n: int) -> float:
     """Insert n synthetic image rows (random hashes) with plain SQL, as an old registry would hold."""
     import sqlite3
 
-    from dataeng.engine.dedup import signed_chunks
-    from dataeng.engine.split import split_for
+    from dataeng.engine.ingest.dedup import signed_chunks
+    from dataeng.engine.ingest.split import split_for
 
     rng = random.Random(n)
     con = sqlite3.connect(ws_root / "registry.db")

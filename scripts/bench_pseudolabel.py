@@ -68,9 +68,9 @@ def throughput(args: argparse.Namespace) -> None:
 
     from dataeng.config import Config, PseudolabelConfig, TrainConfig
     from dataeng.db.schema import Run, utcnow
-    from dataeng.engine.pseudolabel import pseudolabel
+    from dataeng.engine.learn.pseudolabel import pseudolabel
+    from dataeng.engine.learn.teacher import teacher_probabilities
     from dataeng.engine.synth import generate
-    from dataeng.engine.teacher import teacher_probabilities
     from dataeng.models.checkpoint import save_checkpoint
     from dataeng.models.factory import build_model
     from dataeng.workspace import Workspace
@@ -141,9 +141,9 @@ def experiment(args: argparse.Namespace) -> None:
     from dataeng.annotation.masks import read_mask
     from dataeng.config import AcceptConfig, Config, PseudolabelConfig, TrainConfig
     from dataeng.db.schema import Label
-    from dataeng.engine.rounds import run_rounds
+    from dataeng.engine.learn.rounds import run_rounds
+    from dataeng.engine.learn.train import train
     from dataeng.engine.synth import generate
-    from dataeng.engine.train import train
     from dataeng.workspace import Workspace
 
     out = Path(args.out)
@@ -237,7 +237,7 @@ def experiment(args: argparse.Namespace) -> None:
 
 
 def _was_accepted(label: Any, ws: Any) -> bool:
-    from dataeng.engine.pseudolabel import PseudoScores, accepts
+    from dataeng.engine.learn.pseudolabel import PseudoScores, accepts
 
     scores = PseudoScores(label.confident_fraction, label.mean_confidence, label.stability)
     return accepts(scores, ws.config.pseudolabel.accept)

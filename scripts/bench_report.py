@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from dataeng.annotation.masks import write_confidence, write_mask
-from dataeng.engine.evaluate import prediction_path
+from dataeng.engine.learn.evaluate import prediction_path
 from dataeng.workspace import Workspace
 
 ENCODER, DEPTH, SIZE = "tu-mobilenetv3_small_050", 3, 64

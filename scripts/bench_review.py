@@ -50,13 +50,13 @@ def main() -> None:
     from dataeng.annotation.trace import trace
     from dataeng.config import Config, TrainConfig
     from dataeng.db.schema import Label
-    from dataeng.engine.ingest import ingest
-    from dataeng.engine.pseudolabel import pseudolabel
-    from dataeng.engine.review_export import export_review
-    from dataeng.engine.review_import import edit_iou, import_review
-    from dataeng.engine.review_manifest import MANIFEST_NAME, read_manifest
+    from dataeng.engine.ingest.ingest import ingest
+    from dataeng.engine.learn.pseudolabel import pseudolabel
+    from dataeng.engine.learn.train import train
+    from dataeng.engine.review.export import export_review
+    from dataeng.engine.review.importing import edit_iou, import_review
+    from dataeng.engine.review.manifest import MANIFEST_NAME, read_manifest
     from dataeng.engine.synth import generate
-    from dataeng.engine.train import train
     from dataeng.workspace import Workspace
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +71,7 @@ def main() -> None:
             "num_workers": 0, "device": "cpu", "warmup_epochs": 1.0, "lr": args.lr, "seed": 0}
     ws = Workspace.init(out / "ws", Config(train=TrainConfig(**tiny)))
     with ws.session() as s:
-        ingest(s, ws, [synth / "images", synth / "masks", synth / "unlabeled"], workers=1)
+        ingest(ws, s, [synth / "images", synth / "masks", synth / "unlabeled"], workers=1)
     session = ws.new_session()
     try:
         teacher = train(ws, session, {"epochs": args.epochs, "encoder_depth": 3})

@@ -1,7 +1,7 @@
 """Benchmark the training engine against a bare loop, and inference of the default model.
 
 Measures, in one process on the same machine:
-1. engine: samples/s of ``dataeng.engine.train.train`` on a real workspace (registry
+1. engine: samples/s of ``dataeng.engine.learn.train.train`` on a real workspace (registry
    rows, PNG files in the store, albumentations, DataLoader workers), taken from the
    last epoch (the first pays for worker start-up and kernel warm-up);
 2. bare: samples/s of the same model, batch and image size on in-memory tensors;
@@ -108,7 +108,7 @@ def main() -> None:
 
     import torch
 
-    from dataeng.engine.train import train
+    from dataeng.engine.learn.train import train
 
     steps = -(-args.images // args.batch_size)
     # The bare loop runs before and after the engine; their mean cancels slow drifts of a shared machine.

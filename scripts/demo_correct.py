@@ -18,8 +18,8 @@ from pathlib import Path
 from dataeng.annotation.formats import labelme
 from dataeng.annotation.masks import read_mask
 from dataeng.annotation.types import ExportRecord, LabelMap
-from dataeng.engine.review_export import REVIEWED_FLAG
-from dataeng.engine.review_manifest import MANIFEST_NAME, read_manifest
+from dataeng.engine.review.export import REVIEWED_FLAG
+from dataeng.engine.review.manifest import MANIFEST_NAME, read_manifest
 
 
 def correct(export_dir: Path, truth_masks: Path, classes: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from dataeng.cli.app import (
     open_workspace,
     print_json,
 )
+from dataeng.engine.learn.runs import RunRef
 
 SHOWN_PROBLEMS = 20  # beyond this many refused files, print a count (the JSON has them all)
 
@@ -52,7 +53,7 @@ def predict_command(
 ) -> None:
     """Predict person masks, soft alpha, cutouts or background replacements for any images."""
     with cli_errors():
-        from dataeng.engine.predict import PredictOptions, load_predictor
+        from dataeng.engine.serve.predict import PredictOptions, load_predictor
 
         ws = _workspace_for(workspace, required=onnx is None)
         classes = list(ws.config.classes) if ws is not None else _default_classes()
@@ -60,10 +61,10 @@ def predict_command(
                                  overwrite=overwrite, batch_size=batch_size,
                                  max_pixels=max_pixels or _max_pixels(ws))
         if onnx is not None:
-            predictor = load_predictor(run=run, onnx=onnx, expected_classes=classes)
+            predictor = load_predictor(run=RunRef.parse(run) if run else None, onnx=onnx, expected_classes=classes)
         else:
             with ws.session() as session:
-                predictor = load_predictor(ws, session, run=run or "best", device=device)
+                predictor = load_predictor(ws, session, run=RunRef.parse(run), device=device)
         result = _run(predictor, inputs, out, options, quiet=json_out)
     summary = {"out": str(result.out_dir), "backend": result.backend, "written": result.written,
                "skipped": [s.__dict__ for s in result.skipped], "problems": [p.__dict__ for p in result.problems],
@@ -84,7 +85,7 @@ def predict_command(
 
 
 def _run(predictor: Any, inputs: list[Path], out: Path, options: Any, quiet: bool) -> Any:
-    from dataeng.engine.predict import predict
+    from dataeng.engine.serve.predict import predict
     from dataeng.progress import NullProgress, rich_progress
 
     if quiet:
@@ -134,11 +135,12 @@ def export_model_command(
 ) -> None:
     """Export a train run's model to ONNX, checked against PyTorch (max logit difference <= 1e-4)."""
     with cli_errors():
-        from dataeng.engine.model_export import export_model
+        from dataeng.engine.serve.model_export import export_model
 
         ws = open_workspace(workspace)
         with ws.session() as session:
-            result = export_model(ws, session, run, onnx, dynamic=dynamic, int8=int8, overwrite=overwrite)
+            result = export_model(ws, session, RunRef.parse(run), onnx, dynamic=dynamic, int8=int8,
+                                  overwrite=overwrite)
     summary: dict[str, Any] = {
         "run_id": result.run_id, "path": str(result.path), "precision": result.meta.precision,
         "dynamic": result.meta.dynamic, "classes": list(result.meta.classes),

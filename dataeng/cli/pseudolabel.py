@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from dataeng.cli.app import JsonOption, WorkspaceOption, app, cli_errors, console, open_workspace, print_json
+from dataeng.engine.learn.runs import RunRef
 from dataeng.errors import DataEngError
 
 TeacherOption = Annotated[str | None, typer.Option(
@@ -80,7 +81,7 @@ def pseudolabel_command(
 ) -> None:
     """Label the train images without a human label with the teacher; queue the uncertain ones."""
     with cli_errors():
-        from dataeng.engine.pseudolabel import pseudolabel
+        from dataeng.engine.learn.pseudolabel import pseudolabel
         from dataeng.progress import rich_progress
 
         ws = open_workspace(workspace)
@@ -90,8 +91,8 @@ def pseudolabel_command(
         session = ws.new_session()
         try:
             with rich_progress("img") as progress:
-                result = pseudolabel(ws, session, teacher, config=config, shard=shard_, limit=limit, device=device,
-                                     num_workers=num_workers, progress=progress)
+                result = pseudolabel(ws, session, RunRef.parse(teacher), config=config, shard=shard_, limit=limit,
+                                     device=device, num_workers=num_workers, progress=progress)
         finally:
             session.close()
     summary = {"run_id": result.run_id, "teacher_run_id": result.teacher_run_id, "round": result.round,
@@ -122,7 +123,8 @@ def round_command(
 ) -> None:
     """Pseudo-label, train a student on human + accepted labels, promote it if it beats the teacher on val."""
     with cli_errors():
-        from dataeng.engine.rounds import run_rounds
+        from dataeng.engine.learn.rounds import run_rounds
+        from dataeng.progress import rich_progress
 
         if rounds < 0:
             raise DataEngError("must be >= 0", field="rounds", value=rounds)
@@ -131,7 +133,9 @@ def round_command(
         try:
             overrides = {"epochs": epochs, "sample_budget": sample_budget, "device": device,
                          "num_workers": num_workers}
-            results = run_rounds(ws, session, rounds, overrides, teacher=teacher)
+            with rich_progress("img") as progress:
+                results = run_rounds(ws, session, rounds, overrides, teacher=RunRef.parse(teacher) if teacher else None,
+                                     progress=progress)
         finally:
             session.close()
     rows = [{"round": r.number, "round_id": r.round_id, "teacher_run_id": r.teacher_run_id,

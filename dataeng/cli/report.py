@@ -23,12 +23,12 @@ def report(
                                                "images).")] = True,
 ) -> None:
     """Write reports/report.html (self-contained) and report.json: dataset, growth, quality, galleries."""
-    from dataeng.engine.report import build_report, write_report
+    from dataeng.engine.report.build import build_report, write_report
 
     with cli_errors():
         ws = open_workspace(workspace)
         with ws.session() as session:
-            rep = build_report(session, ws, gallery=gallery)
+            rep = build_report(ws, session, gallery=gallery)
         html_path, json_path = write_report(rep, out if out is not None else ws.root / "reports")
     if json_out:
         print_json(rep.to_dict())
@@ -42,7 +42,7 @@ def report(
 
 
 def _print_summary(rep: object) -> None:
-    from dataeng.engine.report import Report
+    from dataeng.engine.report.build import Report
 
     assert isinstance(rep, Report)
     for note in rep.notes:

@@ -26,7 +26,7 @@ def export_command(
 ) -> None:
     """Write the next images of a review queue, pre-filled, as Labelme files or a CVAT task export."""
     with cli_errors():
-        from dataeng.engine.review_export import export_review
+        from dataeng.engine.review.export import export_review
         from dataeng.errors import DataEngError
         from dataeng.progress import rich_progress
 
@@ -63,7 +63,7 @@ def import_command(
 ) -> None:
     """Turn reviewed files into human labels (source review); untouched files stay in the queue."""
     with cli_errors():
-        from dataeng.engine.review_import import import_review
+        from dataeng.engine.review.importing import import_review
         from dataeng.progress import rich_progress
 
         ws = open_workspace(workspace)
@@ -100,7 +100,7 @@ def close_command(
 ) -> None:
     """Close a review whose remaining files will not come back; their images can be exported again."""
     with cli_errors():
-        from dataeng.engine.review import close_review, review_summary
+        from dataeng.engine.review.items import close_review, review_summary
 
         ws = open_workspace(workspace)
         with ws.session() as session:

@@ -21,6 +21,7 @@ from dataeng.cli.app import (
     open_workspace,
     print_json,
 )
+from dataeng.engine.learn.runs import RunRef
 
 METRIC_ROWS = ("iou", "miou", "fwiou", "pixel_accuracy", "boundary_f1", "boundary_iou", "mae", "sad", "mse", "grad")
 
@@ -53,7 +54,7 @@ def train_command(
 ) -> None:
     """Train on the train split, pick the best epoch on val, test it once, register the run."""
     with cli_errors():
-        from dataeng.engine.train import train
+        from dataeng.engine.learn.train import train
 
         ws = open_workspace(workspace)
         overrides: dict[str, Any] = {
@@ -65,8 +66,8 @@ def train_command(
         }
         session = ws.new_session()
         try:
-            with _TrainProgress(enabled=not json_out) as progress:
-                result = train(ws, session, overrides, resume=resume, callbacks=progress.callbacks())
+            with _progress(enabled=not json_out) as progress:
+                result = train(ws, session, overrides, resume=resume, progress=progress)
         finally:
             session.close()
     if _rank() != 0:
@@ -96,12 +97,12 @@ def evaluate_command(
 ) -> None:
     """Score a run's best checkpoint on a split or on a folder of images and masks."""
     with cli_errors():
-        from dataeng.engine.evaluate import evaluate
+        from dataeng.engine.learn.evaluate import evaluate
 
         ws = open_workspace(workspace)
         session = ws.new_session()
         try:
-            result = evaluate(ws, session, run, split, images, masks, device)
+            result = evaluate(ws, session, RunRef.parse(run, default="newest"), split, images, masks, device)
         finally:
             session.close()
     if json_out:
@@ -144,58 +145,10 @@ def _metrics_table(columns: dict[str, dict[str, Any] | None]) -> Any:
     return table
 
 
-class _TrainProgress:
-    """A rich progress bar fed by the engine's callbacks: loss, lr, throughput and ETA."""
+def _progress(enabled: bool) -> Any:
+    """A rich progress bar on rank 0 (loss, lr, img/s per step; a line per epoch), else nothing."""
+    from contextlib import nullcontext
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and _rank() == 0
-        self.progress: Any = None
-        self.task: Any = None
-        self.first_epoch = 1
+    from dataeng.progress import NullProgress, rich_progress
 
-    def __enter__(self) -> _TrainProgress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[speed]:.1f} img/s"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def callbacks(self) -> Any:
-        from dataeng.engine.loop import Callbacks
-
-        if not self.enabled:
-            return Callbacks()
-        return Callbacks(on_start=self._start, on_step=self._step, on_epoch=self._epoch, on_phase=self._phase)
-
-    def _start(self, first_epoch: int, epochs: int, steps: int) -> None:
-        self.first_epoch = first_epoch
-        self.task = self.progress.add_task("train", total=(epochs - first_epoch + 1) * steps,
-                                           loss=0.0, lr=0.0, speed=0.0)
-
-    def _step(self, info: Any) -> None:
-        self.progress.update(self.task, completed=(info.epoch - self.first_epoch) * info.steps + info.step,
-                             description=f"epoch {info.epoch}/{info.epochs}", loss=info.loss, lr=info.lr,
-                             speed=info.samples_per_s)
-
-    def _phase(self, name: str) -> None:
-        self.progress.update(self.task, description=name)
-
-    def _epoch(self, info: Any) -> None:
-        val = f", val mIoU {info.val['miou']:.4f}" if info.val else ""
-        self.progress.console.print(f"epoch {info.epoch}/{info.epochs}: loss {info.train_loss:.4f}{val}"
-                                    + (" [green]best[/green]" if info.best else ""))
+    return rich_progress("img") if enabled and _rank() == 0 else nullcontext(NullProgress())

@@ -44,17 +44,17 @@ def ingest(
     json_out: JsonOption = False,
 ) -> None:
     """Register images: dedup by sha256, near-duplicate groups by pHash, stable 7:2:1 splits."""
-    from dataeng.engine.ingest import ingest as run_ingest
+    from dataeng.engine.ingest.ingest import ingest as run_ingest
     from dataeng.progress import NullProgress, rich_progress
 
     with cli_errors():
         ws = open_workspace(workspace)
         with ws.session() as session:
             if json_out:
-                summary = run_ingest(session, ws, paths, workers=workers, strict=strict, progress=NullProgress())
+                summary = run_ingest(ws, session, paths, workers=workers, strict=strict, progress=NullProgress())
             else:
                 with rich_progress("img") as progress:
-                    summary = run_ingest(session, ws, paths, workers=workers, strict=strict, progress=progress)
+                    summary = run_ingest(ws, session, paths, workers=workers, strict=strict, progress=progress)
         if json_out:
             print_json(summary.to_dict())
             return
@@ -123,7 +123,7 @@ def doctor(
     with cli_errors():
         ws = open_workspace(workspace)
         with ws.session() as session:
-            report = run_doctor(session, ws, fix=fix, verify_hashes=not quick)
+            report = run_doctor(ws, session, fix=fix, verify_hashes=not quick)
         if json_out:
             print_json(report.to_dict())
         else:
@@ -193,5 +193,5 @@ def export_labels(
                 raise DataEngError(f"expected one of {', '.join(allowed)}", field=name, value=value)
         ws = open_workspace(workspace)
         with ws.session() as session:
-            summary = run_export(session, ws, out, fmt, split=split, origin=origin)  # type: ignore[arg-type]
+            summary = run_export(ws, session, out, fmt, split=split, origin=origin)  # type: ignore[arg-type]
         console.print(f"exported {summary.labels} labels as {summary.format} to {summary.out} ({summary.files} files)")

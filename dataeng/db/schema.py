@@ -9,6 +9,7 @@ Invariants enforced here rather than in code where SQL can hold them:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 from sqlalchemy import (
@@ -142,6 +143,33 @@ class Label(Base):
     )
 
 
+class ProblemKind(StrEnum):
+    """Every kind of ``problems`` row: why an input was refused (one list, hyphenated values)."""
+
+    # images (ingest)
+    NOT_FOUND = "not-found"
+    NO_MATCH = "no-match"
+    BROKEN_SYMLINK = "broken-symlink"
+    NOT_A_FILE = "not-a-file"
+    UNREADABLE = "unreadable"
+    EMPTY = "empty"
+    UNSUPPORTED_FORMAT = "unsupported-format"
+    DECOMPRESSION_BOMB = "decompression-bomb"
+    NOT_AN_IMAGE = "not-an-image"
+    CORRUPT = "corrupt"
+    # annotations (ingest, review import)
+    ANNOTATION = "annotation"
+    MISSING_IMAGE = "missing-image"
+    UNKNOWN_LABEL = "unknown-label"
+    # review import
+    UNKNOWN_IMAGE = "unknown-image"
+    NOT_IN_REVIEW = "not-in-review"
+    UNMATCHED = "unmatched"
+    STALE_REVIEW = "stale-review"
+    # evaluation
+    MISSING_MASK = "missing-mask"
+
+
 class Problem(Base):
     """An input that was refused, with a one-line reason naming file, field and value."""
 
@@ -152,6 +180,7 @@ class Problem(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), default=None)
     path: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(32))
+    """A :class:`ProblemKind` value."""
     field: Mapped[str | None] = mapped_column(Text, default=None)
     value: Mapped[str | None] = mapped_column(Text, default=None)
     message: Mapped[str] = mapped_column(Text)

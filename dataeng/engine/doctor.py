@@ -59,8 +59,8 @@ class DoctorReport:
 
 
 def doctor(
-    session: Session,
     workspace: Workspace,
+    session: Session,
     *,
     fix: bool = False,
     verify_hashes: bool = True,
@@ -105,11 +105,11 @@ def doctor(
                 if fix:
                     path.unlink()
                     report.removed.append(rel)
-    _interrupted(session, workspace, report, fix)
+    _interrupted(workspace, session, report, fix)
     return report
 
 
-def _interrupted(session: Session, workspace: Workspace, report: DoctorReport, fix: bool) -> None:
+def _interrupted(workspace: Workspace, session: Session, report: DoctorReport, fix: bool) -> None:
     for run in session.scalars(select(Run).where(Run.status == "running").order_by(Run.id)):
         line = f"run {run.id} ({run.kind}) started {run.started_at:%Y-%m-%d %H:%M} is still marked running"
         report.interrupted.append(line)

@@ -17,6 +17,9 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dataeng.annotation.formats import get_format
+from dataeng.annotation.masks import read_alpha, read_mask
+from dataeng.annotation.types import ExportRecord, LabelMap
 from dataeng.db.schema import Image, Label
 from dataeng.errors import NothingToDoError
 from dataeng.progress import NullProgress, Progress
@@ -40,8 +43,8 @@ class ExportSummary:
 
 
 def export_labels(
-    session: Session,
     workspace: Workspace,
+    session: Session,
     out: Path,
     fmt: Literal["labelme", "cvat", "coco", "supervisely", "masks"],
     *,
@@ -54,9 +57,6 @@ def export_labels(
     Raises:
         NothingToDoError: no label matches the filters.
     """
-    from dataeng.annotation.formats import get_format
-    from dataeng.annotation.masks import read_alpha, read_mask
-    from dataeng.annotation.types import ExportRecord, LabelMap
 
     progress = progress or NullProgress()
     stmt = select(Label, Image).join(Image, Image.id == Label.image_id).where(Label.status == "active")

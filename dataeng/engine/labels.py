@@ -1,28 +1,42 @@
-"""Adding a human label to the registry: the one place the human-label rules live.
+"""The label state machine: every change of a label's status happens here.
 
-- The mask (and alpha) file is written under its label id, then the row is committed
-  with the caller's transaction, so a crash leaves at worst an orphan file.
-- A human label always wins over a pseudo-label (which becomes ``superseded``).
-- Importing the same mask again adds nothing (compared by the mask's sha256).
-- A newer human label for an image replaces an older one (``superseded``), unless the
-  caller asks to refuse that (the review import does: no silent overwrite).
+Ingest, review import and pseudo-labelling all write labels through this module, so
+their rules cannot drift apart:
+
+- **A human label supersedes every live pseudo-label of its image** (``active`` and
+  ``needs_review``), so a human-labelled image never stays in the review queue. Importing
+  the same mask again adds nothing (compared by the mask's sha256). A different human
+  mask replaces the older human label (``superseded``), unless the caller refuses that
+  (the review import does for the uncertain and eval queues: no silent overwrite).
+- **A pseudo-label supersedes older live pseudo-labels** of its image (from other
+  teachers), and **is never written on a human-labelled, val or test image**.
+- **A stale correction is refused**: a correction of an export whose image got a newer
+  human label after the export (:func:`stale_human_label`).
+
+Files are written under the label's id before the row is committed with the caller's
+transaction, so a crash leaves at worst an orphan file.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from dataeng.db.schema import Label
+from dataeng.db.schema import Image, Label
 from dataeng.errors import RegistryError
 from dataeng.storage import atomic_write_bytes
 from dataeng.workspace import Workspace
 
 Outcome = Literal["added", "unchanged"]
+LIVE_STATUSES = ("active", "needs_review")
+"""Statuses of a label still in use: trained on (``active``) or waiting for an annotator."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +57,10 @@ def active_label(session: Session, image_id: int) -> Label | None:
     return session.scalars(select(Label).where(Label.image_id == image_id, Label.status == "active")).one_or_none()
 
 
+# ---------------------------------------------------------------- human labels
 def add_human_label(
-    session: Session,
     workspace: Workspace,
+    session: Session,
     image_id: int,
     encoded: EncodedLabel,
     *,
@@ -59,6 +74,8 @@ def add_human_label(
 ) -> tuple[Outcome, Label]:
     """Add a human label as the image's active label, inside the caller's transaction.
 
+    Every live pseudo-label of the image (active or waiting for review) is superseded.
+
     Returns:
         ("unchanged", existing label) when the same mask is already active, else
         ("added", new label).
@@ -70,6 +87,7 @@ def add_human_label(
     current = active_label(session, image_id)
     if current is not None and current.origin == "human":
         if (current.meta or {}).get("mask_sha256") == encoded.mask_sha256:
+            _supersede_pseudo(session, [image_id])
             return "unchanged", current
         if not replace_human:
             raise RegistryError(
@@ -80,7 +98,8 @@ def add_human_label(
             )
     if current is not None:
         current.status = "superseded"
-        session.flush()  # the partial unique index allows one active label per image
+    _supersede_pseudo(session, [image_id])
+    session.flush()  # the partial unique index allows one active label per image
     label = Label(
         image_id=image_id,
         origin="human",
@@ -101,3 +120,94 @@ def add_human_label(
         label.alpha_path = workspace.mask_rel(label.id, "alpha")
         atomic_write_bytes(workspace.root / label.alpha_path, encoded.alpha_png)
     return "added", label
+
+
+def stale_human_label(session: Session, image_id: int, watermark: int, prelabel_id: int | None) -> Label | None:
+    """The human label that makes a correction stale, if any: the image's newest human label,
+    when it arrived after the export (its id is above the export's ``watermark``) and is not
+    the pre-label the correction replaces."""
+    newest = session.scalar(select(func.max(Label.id)).where(Label.image_id == image_id, Label.origin == "human"))
+    if newest is None or newest <= watermark or newest == prelabel_id:
+        return None
+    return session.get(Label, newest)
+
+
+def _supersede_pseudo(session: Session, image_ids: Sequence[int], keep_run_id: int | None = None) -> int:
+    """Mark the live pseudo-labels of these images ``superseded`` (except those of ``keep_run_id``)."""
+    if not image_ids:
+        return 0
+    stmt = update(Label).where(Label.image_id.in_(list(image_ids)), Label.origin == "pseudo",
+                               Label.status.in_(LIVE_STATUSES))
+    if keep_run_id is not None:
+        stmt = stmt.where(or_(Label.run_id.is_(None), Label.run_id != keep_run_id))
+    return int(session.execute(stmt.values(status="superseded")).rowcount or 0)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- pseudo-labels
+@dataclass(frozen=True)
+class PseudoDraft:
+    """A teacher's pseudo-label of one image, its PNGs already written to a staging folder."""
+
+    image_id: int
+    accepted: bool
+    mean_confidence: float
+    confident_fraction: float
+    stability: float
+    staged_mask: Path
+    staged_conf: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PseudoOutcome:
+    """What :func:`add_pseudo_labels` did with a batch of drafts."""
+
+    accepted: int
+    queued: int
+    superseded: int
+    skipped: list[PseudoDraft]
+    """Drafts refused: the image has a live human label, or is not a train image (staged files removed)."""
+
+
+def add_pseudo_labels(workspace: Workspace, session: Session, drafts: Sequence[PseudoDraft], *, teacher_run_id: int,
+                      round: int) -> PseudoOutcome:
+    """Register pseudo-labels inside the caller's transaction and move their files into place.
+
+    Checked here, inside the transaction: an image that has a live human label (one may
+    have arrived while the teacher ran) or is not in the train split gets nothing; the
+    older live pseudo-labels of the others (from other teachers) are superseded first,
+    so the one-active-label index never sees two. ``meta`` gains ``supersedes``.
+    """
+    ids = [d.image_id for d in drafts]
+    if not ids:
+        return PseudoOutcome(0, 0, 0, [])
+    human = set(session.scalars(select(Label.image_id).where(
+        Label.image_id.in_(ids), Label.origin == "human", Label.status.in_(LIVE_STATUSES))))
+    held_out = set(session.scalars(select(Image.id).where(Image.id.in_(ids), Image.split != "train")))
+    keep = [d for d in drafts if d.image_id not in human and d.image_id not in held_out]
+    skipped = [d for d in drafts if d.image_id in human or d.image_id in held_out]
+    older = dict(session.execute(select(Label.image_id, Label.id).where(
+        Label.image_id.in_([d.image_id for d in keep]), Label.origin == "pseudo", Label.status.in_(LIVE_STATUSES),
+        or_(Label.run_id.is_(None), Label.run_id != teacher_run_id))).tuples().all())
+    superseded = _supersede_pseudo(session, [d.image_id for d in keep], keep_run_id=teacher_run_id)
+    labels = []
+    for d in keep:
+        label = Label(image_id=d.image_id, origin="pseudo", source="teacher", mask_path="",
+                      status="active" if d.accepted else "needs_review", run_id=teacher_run_id, round=round,
+                      mean_confidence=d.mean_confidence, confident_fraction=d.confident_fraction,
+                      stability=d.stability, meta={**d.meta, "supersedes": older.get(d.image_id)})
+        session.add(label)
+        labels.append(label)
+    session.flush()
+    for d, label in zip(keep, labels, strict=True):
+        label.mask_path = workspace.mask_rel(label.id)
+        label.conf_path = workspace.mask_rel(label.id, "conf")
+        for staged, rel in ((d.staged_mask, label.mask_path), (d.staged_conf, label.conf_path)):
+            dest = workspace.root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, dest)
+    for d in skipped:
+        d.staged_mask.unlink(missing_ok=True)
+        d.staged_conf.unlink(missing_ok=True)
+    accepted = sum(1 for d in keep if d.accepted)
+    return PseudoOutcome(accepted, len(keep) - accepted, superseded, skipped)

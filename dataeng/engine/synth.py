@@ -22,7 +22,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from dataeng.annotation.formats import labelme
 from dataeng.annotation.masks import ALPHA_MAX, alpha_to_mask, to_uint8_alpha, write_alpha, write_mask
+from dataeng.annotation.types import ExportRecord, LabelMap
 from dataeng.errors import DataEngError
 from dataeng.storage import atomic_write, atomic_write_text
 
@@ -163,8 +165,6 @@ def generate(
 
 
 def _write_labelme(folder: Path, image_path: Path, mask: np.ndarray) -> None:
-    from dataeng.annotation.formats import labelme
-    from dataeng.annotation.types import ExportRecord, LabelMap
 
     record = ExportRecord(image_path.name, mask.shape[1], mask.shape[0], mask, image_path=image_path)
     labelme.write(folder, [record], LabelMap(["person"]))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dataeng.errors import ModelError
+from dataeng.models.factory import build_model
 from dataeng.storage import atomic_write
 
 if TYPE_CHECKING:
@@ -141,7 +142,6 @@ def model_from_checkpoint(ckpt: Checkpoint) -> torch.nn.Module:
     Raises:
         ModelError: the weights do not fit the architecture the metadata names.
     """
-    from dataeng.models.factory import build_model
 
     model = build_model(ckpt.meta["arch"], ckpt.meta["encoder"], ckpt.num_classes,
                         encoder_depth=int(ckpt.meta.get("encoder_depth", 5)))

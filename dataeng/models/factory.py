@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 _STAGEWISE_DECODERS = {"unet": (256, 128, 64, 32, 16), "unetplusplus": (256, 128, 64, 32, 16),
                        "manet": (256, 128, 64, 32, 16)}
 
+# Side of the square zero image of the output-size check (see check_output_size).
+_PROBE_SIZE = 128
+
 
 def out_channels(num_classes: int) -> int:
     """Model output channels for ``num_classes`` foreground classes (1 -> 1 binary logit)."""
@@ -92,8 +95,10 @@ def build_model(
         The model (on CPU, train mode) with ``out_channels(num_classes)`` outputs.
 
     Raises:
-        ModelError: unknown name, a combination smp refuses, ``imagenet`` weights that
-            cannot be downloaded, or a local weights file that does not fit the encoder.
+        ModelError: unknown name, a combination smp refuses, an architecture/depth whose
+            output is not the input size or whose forward pass fails (see
+            :func:`check_output_size`), ``imagenet`` weights that cannot be downloaded,
+            or a local weights file that does not fit the encoder.
     """
     import segmentation_models_pytorch as smp
 
@@ -119,9 +124,71 @@ def build_model(
             field="encoder_weights",
             value=encoder_weights,
         ) from e
+    check_output_size(model, arch, encoder_depth, out_channels(num_classes))
     if encoder_weights not in ("none", "imagenet"):
         load_encoder_weights(model, Path(encoder_weights))
     return model
+
+
+def check_output_size(model: torch.nn.Module, arch: str, encoder_depth: int, channels: int) -> None:
+    """Refuse a model whose output is not ``(N, channels, H, W)`` for an ``(N, 3, H, W)`` input.
+
+    Some smp architectures only keep the input size at some encoder depths (``fpn``
+    upsamples by a fixed 4, so depth 3 gives 4x the input; ``pspnet`` by a fixed 8, so
+    depth 5 gives 1/4). One forward pass of a ``(1, 3, 128, 128)`` zero image finds out
+    (128: a multiple of 2**5, and the least size ``pan`` at depth 4 or 5 accepts). It
+    runs under ``torch.no_grad`` in eval mode, so it draws no random numbers and leaves
+    BatchNorm running statistics alone; every module's training flag is restored.
+
+    Raises:
+        ModelError: with ``field`` "arch/encoder_depth", when the output size differs or
+            the forward pass itself fails.
+    """
+    import torch
+
+    size = _PROBE_SIZE
+    want = (1, channels, size, size)
+    value = f"{arch}/{encoder_depth}"
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise ModelError(
+            f"{arch} at encoder_depth {encoder_depth} fails on a {size}x{size} input "
+            f"({type(e).__name__}: {first}){_depth_hint(arch, encoder_depth)}",
+            field="arch/encoder_depth",
+            value=value,
+        ) from e
+    finally:
+        for module, training in flags:
+            module.training = training
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want:
+        raise ModelError(
+            f"{arch} at encoder_depth {encoder_depth} outputs {got} for a (1, 3, {size}, {size}) input, "
+            f"expected {want}{_depth_hint(arch, encoder_depth)}",
+            field="arch/encoder_depth",
+            value=value,
+        )
+
+
+def _depth_hint(arch: str, encoder_depth: int) -> str:
+    """``"; smp's default encoder_depth for <arch> is N"`` when N differs, else ``""``."""
+    import inspect
+
+    import segmentation_models_pytorch as smp
+
+    try:
+        cls = smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()]
+        default = inspect.signature(cls).parameters["encoder_depth"].default
+    except (KeyError, TypeError, ValueError):
+        return ""
+    if not isinstance(default, int) or default == encoder_depth:
+        return ""
+    return f"; smp's default encoder_depth for {arch} is {default}"
 
 
 def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:

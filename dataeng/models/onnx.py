@@ -263,7 +263,7 @@ def _session(path: Path, threads: int | None) -> Any:
 class OnnxPredictor:
     """Class probabilities from an exported ONNX model, through onnxruntime (CPU).
 
-    Implements the ``Predictor`` interface of ``dataeng.engine.predict``:
+    Implements the ``Predictor`` interface of ``dataeng.engine.serve.predict``:
     ``probabilities(batch)`` takes uint8 RGB (B, 3, H, W) at ``image_size`` (any multiple
     of 32 when exported with dynamic spatial axes) and returns float32 (B, K, H, W)
     probabilities, K = 2 (background, class) for one class, else C + 1.

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dataeng.cli import app
-from tests.engine.test_review import box, edit_labelme, queue_workspace
+from tests.engine.review.test_review import box, edit_labelme, queue_workspace
 
 runner = CliRunner()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dataeng.engine.data import normalize
 from dataeng.models.factory import build_model
+from dataeng.models.inference import normalize
 from dataeng.models.losses import segmentation_loss
 from dataeng.models.metrics import score_image
 from tests.factories import blob_portrait

@@ -1,0 +1,231 @@
+"""Runs: how one is lived (created, failed on error, finished) and the one place to find them.
+
+- :func:`lifecycle`: commits a new ``runs`` or ``rounds`` row as ``running``; on an
+  exception rolls the session back, marks the row ``failed`` and re-raises; otherwise
+  marks it ``finished`` (unless the body set another status).
+- :class:`RunRef`: what a user names a model by (``best``, ``newest``, a run id, a
+  checkpoint file), parsed once at the command line.
+- :func:`best_run`: the default teacher and the model ``predict``/``report`` use: the
+  finished train run with the best val mIoU, never a student a round refused to promote
+  nor a teacher a round replaced by its student.
+- :func:`resolve_run`: a :class:`RunRef` to a train run with a checkpoint (a checkpoint
+  file from outside the registry is registered as an ``imported`` train run).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from sqlalchemy import select
+
+from dataeng.db.schema import Round, Run, utcnow
+from dataeng.errors import ModelError
+from dataeng.models.checkpoint import load_checkpoint
+from dataeng.storage import file_sha256
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from dataeng.workspace import Workspace
+
+RowT = TypeVar("RowT", Run, Round)
+
+
+# ---------------------------------------------------------------- lifecycle
+@contextmanager
+def lifecycle(session: Session, row: RowT, on_fail: Callable[[RowT, BaseException], None] | None = None
+              ) -> Iterator[RowT]:
+    """Live one run (or round) row: ``running`` while the block runs, then ``finished`` or ``failed``.
+
+    A new row is added; an existing one (a resumed run) is set running again. On an
+    exception the session is rolled back, ``on_fail(row, error)`` may adjust the row, the
+    row is committed as ``failed`` and the exception re-raised.
+
+    Example::
+
+        with lifecycle(session, Run(kind="evaluate", config={...})) as run:
+            run.metrics = ...
+    """
+    row.status, row.finished_at = "running", None
+    session.add(row)
+    session.commit()
+    try:
+        yield row
+    except BaseException as e:
+        session.rollback()
+        row.status, row.finished_at = "failed", utcnow()
+        if on_fail is not None:
+            on_fail(row, e)
+        session.commit()
+        raise
+    if row.status == "running":
+        row.status = "finished"
+    row.finished_at = utcnow()
+    session.commit()
+
+
+# ---------------------------------------------------------------- references
+@dataclass(frozen=True)
+class RunRef:
+    """A model as a user names it: ``best``, ``newest``, a train run id, or a checkpoint file.
+
+    Example::
+
+        RunRef.parse("best"), RunRef.parse("12"), RunRef.parse("teacher.pt")
+    """
+
+    kind: Literal["best", "newest", "id", "file"]
+    run_id: int | None = None
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str | int | None, default: Literal["best", "newest"] = "best") -> RunRef:
+        """``None`` -> ``default``; ``best``/``newest``; digits -> a run id; anything else -> a file path."""
+        if text is None:
+            return cls(default)
+        value = str(text).strip()
+        if value.lower() in ("best", "newest"):
+            return cls(value.lower())  # type: ignore[arg-type]
+        if value.isdigit():
+            return cls("id", run_id=int(value))
+        return cls("file", path=Path(value))
+
+    def __str__(self) -> str:
+        if self.kind == "id":
+            return str(self.run_id)
+        if self.kind == "file":
+            return str(self.path)
+        return self.kind
+
+
+# ---------------------------------------------------------------- lookup
+def finished_train_runs(session: Session) -> list[Run]:
+    """Finished train runs with a checkpoint, oldest first."""
+    return list(session.scalars(select(Run).where(Run.kind == "train", Run.status == "finished",
+                                                  Run.checkpoint_path.is_not(None)).order_by(Run.id)))
+
+
+def rejected_students(session: Session) -> set[int]:
+    """Train runs that a round refused to promote and no round promoted; never the default teacher.
+
+    A round that reuses an earlier student (same labels and options) records it unpromoted;
+    when that student had been promoted before, it is still the teacher.
+    """
+    rows = session.execute(select(Round.student_run_id, Round.promoted).where(
+        Round.student_run_id.is_not(None), Round.promoted.is_not(None))).all()
+    promoted = {run_id for run_id, was_promoted in rows if was_promoted}
+    return {run_id for run_id, was_promoted in rows if not was_promoted} - promoted
+
+
+def beaten_teachers(session: Session) -> set[int]:
+    """Teachers whose student a round promoted: beaten on the same val set, never the default again."""
+    return set(session.scalars(select(Round.teacher_run_id).where(
+        Round.promoted.is_(True), Round.teacher_run_id.is_not(None),
+        Round.student_run_id.is_not(None), Round.student_run_id != Round.teacher_run_id)))
+
+
+def val_miou(run: Run) -> float | None:
+    """The val mIoU a train run recorded for its best epoch; None without a val set."""
+    val = (run.metrics or {}).get("val")
+    return float(val["miou"]) if isinstance(val, dict) and val.get("miou") is not None else None
+
+
+def best_run(session: Session, *, rounds_decide: bool = True) -> Run | None:
+    """The finished train run with the best val mIoU (newest on a tie or without val); None when
+    there is no finished train run.
+
+    With ``rounds_decide`` (the default) rounds decide first: a student a round refused to
+    promote, and a teacher a round replaced by its promoted student, are left out (those
+    comparisons were made on one val set; the stored val mIoUs of runs made at different
+    times may not be).
+    """
+    refused = rejected_students(session) | beaten_teachers(session) if rounds_decide else set()
+    return best_of([run for run in finished_train_runs(session) if run.id not in refused])
+
+
+def best_of(runs: Sequence[Run]) -> Run | None:
+    """The run with the best recorded val mIoU, newest on a tie; the newest when none has one."""
+    if not runs:
+        return None
+    return max(runs, key=lambda run: (v if (v := val_miou(run)) is not None else -1.0, run.id))
+
+
+def newest_run(session: Session) -> Run | None:
+    """The newest finished train run with a checkpoint."""
+    runs = finished_train_runs(session)
+    return runs[-1] if runs else None
+
+
+def train_run(session: Session, run_id: int) -> Run:
+    """The train run with this id, which must have a checkpoint.
+
+    Raises:
+        ModelError: no such train run, or it has no checkpoint.
+    """
+    run = session.get(Run, run_id)
+    if run is None or run.kind != "train":
+        raise ModelError("no train run with this id", field="run", value=run_id)
+    if run.checkpoint_path is None:
+        raise ModelError(f"run has no checkpoint (status {run.status})", field="run", value=run_id)
+    return run
+
+
+def resolve_run(workspace: Workspace, session: Session, ref: RunRef, field: str = "run") -> Run:
+    """The train run a :class:`RunRef` names.
+
+    A checkpoint file from outside the registry is copied into ``runs/<id>/`` and
+    registered as a train run with status ``imported`` (the same file, by sha256, is
+    registered once), so every pseudo-label it makes still points at its model.
+
+    Raises:
+        ModelError: no finished train run (``best``/``newest``), no such run, no such file,
+            or a file that is not a dataeng checkpoint (refused without unpickling).
+    """
+    if ref.kind in ("best", "newest"):
+        run = best_run(session) if ref.kind == "best" else newest_run(session)
+        if run is None:
+            raise ModelError("no finished train run yet; run `dataeng train` or `dataeng round` first"
+                             + (", or pass --teacher PATH" if field == "teacher" else ""), field=field,
+                             value=str(ref))
+        return run
+    if ref.kind == "id":
+        assert ref.run_id is not None
+        try:
+            return train_run(session, ref.run_id)
+        except ModelError as e:
+            raise ModelError(e.reason, field=field, value=ref.run_id) from e
+    assert ref.path is not None
+    return import_checkpoint(workspace, session, ref.path, field)
+
+
+def import_checkpoint(workspace: Workspace, session: Session, path: Path, field: str = "run") -> Run:
+    """Register a checkpoint file as an ``imported`` train run (once per file content); committed.
+
+    Raises:
+        ModelError: no such file, or not a dataeng checkpoint.
+    """
+
+    if not path.is_file():
+        raise ModelError("neither 'best', a train run id nor a checkpoint file", path=path, field=field)
+    ckpt = load_checkpoint(path)  # refuses a non-checkpoint before anything is registered
+    sha = file_sha256(path)
+    for run in session.scalars(select(Run).where(Run.kind == "train", Run.status == "imported")):
+        if (run.config or {}).get("sha256") == sha:
+            return run
+    meta = {k: v for k, v in ckpt.meta.items()
+            if k in ("arch", "encoder", "encoder_depth", "classes", "image_size", "mean", "std")}
+    run = Run(kind="train", status="imported", config={**meta, "imported_from": str(path.resolve()), "sha256": sha},
+              finished_at=utcnow())
+    session.add(run)
+    session.flush()
+    dest = workspace.run_dir(run.id) / "checkpoint.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    run.checkpoint_path = str(dest.relative_to(workspace.root))
+    session.commit()
+    return run
