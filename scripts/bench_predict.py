@@ -63,9 +63,9 @@ def main() -> None:
 
     import torch
 
-    from dataeng.engine.serve.predict import PredictOptions, TorchPredictor, predict
+    from dataeng.engine.serve.predict import PredictOptions, predict
     from dataeng.models.factory import build_model
-    from dataeng.models.inference import IMAGENET_MEAN, IMAGENET_STD
+    from dataeng.models.inference import IMAGENET_MEAN, IMAGENET_STD, TorchPredictor
     from dataeng.models.onnx import OnnxPredictor, export_onnx, meta_from_checkpoint
 
     if args.threads:

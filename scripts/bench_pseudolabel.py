@@ -69,10 +69,10 @@ def throughput(args: argparse.Namespace) -> None:
     from dataeng.config import Config, PseudolabelConfig, TrainConfig
     from dataeng.db.schema import Run, utcnow
     from dataeng.engine.learn.pseudolabel import pseudolabel
-    from dataeng.engine.learn.teacher import teacher_probabilities
     from dataeng.engine.synth import generate
     from dataeng.models.checkpoint import save_checkpoint
     from dataeng.models.factory import build_model
+    from dataeng.models.inference import TorchPredictor, tta_probabilities
     from dataeng.workspace import Workspace
 
     out = Path(args.out)
@@ -103,14 +103,14 @@ def throughput(args: argparse.Namespace) -> None:
 
     device = torch.device("cpu" if args.device == "auto" and not torch.cuda.is_available() else
                           ("cuda" if args.device == "auto" else args.device))
-    model = model.to(device).eval()
+    predictor = TorchPredictor(model, ["person"], (args.image_size, args.image_size), device)
     gen = torch.Generator().manual_seed(0)
-    inputs = torch.randint(0, 256, (args.n, 3, args.image_size, args.image_size), dtype=torch.uint8, generator=gen)
-    teacher_probabilities(model, inputs[: args.batch_size], device)  # warm-up, as the engine's first batch is
+    inputs = torch.randint(0, 256, (args.n, 3, args.image_size, args.image_size), dtype=torch.uint8,
+                           generator=gen).numpy()
+    tta_probabilities(predictor, inputs[: args.batch_size])  # warm-up, as the engine's first batch is
     start = time.perf_counter()
     for i in range(0, args.n, args.batch_size):
-        probs = teacher_probabilities(model, inputs[i : i + args.batch_size], device)
-        probs.cpu()
+        tta_probabilities(predictor, inputs[i : i + args.batch_size])
     bare_rate = args.n / (time.perf_counter() - start)
     own, child = _peak_mib()
     print(f"\npseudolabel engine : {engine_rate:8.2f} img/s  ({result.accepted} accepted, {result.queued} queued)")

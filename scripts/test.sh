@@ -6,7 +6,7 @@ scripts/setup.sh
 export QT_QPA_PLATFORM=offscreen
 echo "== ruff"
 .venv/bin/ruff check dataeng tests scripts
-echo "== mypy (annotation, db)"
-.venv/bin/mypy dataeng/annotation dataeng/db
+echo "== mypy"
+.venv/bin/mypy dataeng
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

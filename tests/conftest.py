@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,20 @@ import pytest
 from PIL import Image
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+TORCH_THREADS = min(2, os.cpu_count() or 1)
+"""Torch intra-op threads in tests: one per core of the 2-core CI machine, never more, so a loaded
+machine does not oversubscribe (torch's default also counts hyper-threads)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pinned_torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import numpy as np
 from dataeng.annotation.masks import alpha_to_mask, write_alpha, write_confidence, write_mask
 from dataeng.config import Config
 from dataeng.db.schema import Image, Label
+from dataeng.engine.ingest.dedup import signed_chunks
 from dataeng.storage import atomic_write_bytes
 from dataeng.workspace import Workspace
 
@@ -79,9 +80,10 @@ def add_image(session, ws: Workspace, image: np.ndarray, split: str, name: str =
     rel = f"store/images/{sha[:2]}/{sha}.png"
     atomic_write_bytes(ws.root / rel, data)
     ph = int(sha[:15], 16)
-    row = Image(sha256=sha, source_sha256=sha, phash=ph, ph0=ph & 0xFFFF, ph1=(ph >> 16) & 0xFFFF,
-                ph2=(ph >> 32) & 0xFFFF, width=image.shape[1], height=image.shape[0], store_path=rel,
-                original_path=f"/factory/{name}.png", split=split)
+    # The same columns ingest writes (signed hash and its three indexed chunks), so near-duplicate
+    # lookups see factory rows exactly as they see ingested ones.
+    row = Image(sha256=sha, source_sha256=sha, **signed_chunks(ph), width=image.shape[1], height=image.shape[0],
+                store_path=rel, original_path=f"/factory/{name}.png", split=split)
     session.add(row)
     session.flush()
     return row

@@ -41,7 +41,7 @@ def test_config_file_that_is_not_toml(tmp_path: Path) -> None:
 
 
 def test_train_keys_of_the_toml_reach_every_run(tmp_path: Path) -> None:
-    from dataeng.engine.learn.train import resolve_options
+    from dataeng.engine.learn.options import resolve_options
 
     config = parse_config({"train": {"encoder_depth": 3, "human_share": 0.25}})
     options = resolve_options(config.train, {"epochs": 2})

@@ -1,4 +1,4 @@
-"""The typer app and what every command shares: workspace lookup, error mapping, output."""
+"""The typer app and what every command shares: options, workspace lookup, error mapping, output."""
 
 from __future__ import annotations
 
@@ -11,11 +11,27 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
+from dataeng.cli.choices import Device
 from dataeng.errors import DataEngError, NothingToDoError
+
+# The order of ``dataeng --help``: the dataset loop first, maintenance last.
+COMMAND_ORDER = ("init", "ingest", "status", "train", "evaluate", "pseudolabel", "round", "review", "report",
+                 "predict", "export", "doctor", "synth")
+
+
+class OrderedGroup(TyperGroup):
+    """Lists commands in :data:`COMMAND_ORDER` (typer would list sub-apps after all plain commands)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
 
 app = typer.Typer(
     name="dataeng",
+    cls=OrderedGroup,
     help="Grow a portrait segmentation dataset: ingest, train, pseudo-label, review, report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,6 +51,14 @@ WorkspaceOption = Annotated[
     typer.Option("--workspace", "-w", help="Workspace folder (default: $DATAENG_WORKSPACE or search upward)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+TeacherOption = Annotated[str | None, typer.Option(
+    "--teacher", help="best (default: finished train run with the best val mIoU), a train run id, or a checkpoint "
+                      "file.")]
+
+DeviceOption = Annotated[Device | None, typer.Option(
+    "--device", help="PyTorch device (default: train.device in dataeng.toml).")]
+
+SHOWN_PROBLEMS = 20  # beyond this many refused inputs, print a count
 
 
 @contextmanager
@@ -63,3 +87,11 @@ def open_workspace(workspace: Path | None) -> Any:
 def print_json(data: Any) -> None:
     """Machine-readable output: JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_refused(problems: list[str], more: str = "see `dataeng status`") -> None:
+    """One yellow line per refused input, the first :data:`SHOWN_PROBLEMS` of them, then a count."""
+    for line in problems[:SHOWN_PROBLEMS]:
+        console.print(f"[yellow]refused[/yellow] {line}", soft_wrap=True)
+    if len(problems) > SHOWN_PROBLEMS:
+        console.print(f"... and {len(problems) - SHOWN_PROBLEMS} more ({more})")

@@ -1,53 +1,60 @@
-"""``dataeng review export|import|close``: the annotator loop, thin over engine.review_export / review_import."""
+"""``dataeng review export|import|close``: the annotator loop, thin over engine.review."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from dataeng.cli.app import JsonOption, WorkspaceOption, cli_errors, console, open_workspace, print_json, review_app
+from dataeng.cli.app import (
+    JsonOption,
+    WorkspaceOption,
+    cli_errors,
+    console,
+    open_workspace,
+    print_json,
+    print_refused,
+    review_app,
+)
+from dataeng.cli.choices import CvatShapes, Device, Queue, ReviewFormat, value
+
+SHOWN_NOTICES = 20  # skipped images named after an export
 
 
 @review_app.command("export")
 def export_command(
     out: Annotated[Path, typer.Argument(help="Folder to create for the annotators (new or empty).")],
-    fmt: Annotated[str, typer.Option("--format", help="labelme | cvat.")] = "labelme",
-    queue: Annotated[str, typer.Option(help="uncertain (needs_review pseudo-labels) | issues (human labels that "
-                                            "look wrong) | eval (unlabelled val/test images).")] = "uncertain",
+    fmt: Annotated[ReviewFormat, typer.Option("--format", help="Annotation tool.")] = ReviewFormat.labelme,
+    queue: Annotated[Queue, typer.Option(help="uncertain (needs_review pseudo-labels) | issues (human labels that "
+                                              "look wrong) | eval (unlabelled val/test images).")] = Queue.uncertain,
     limit: Annotated[int, typer.Option(help="At most this many images.")] = 50,
     folds: Annotated[int, typer.Option(help="issues queue: cross-validation folds of the out-of-sample "
                                             "predictions (0: its default).")] = 0,
-    cvat_shapes: Annotated[str, typer.Option(help="CVAT pre-labels as mask (RLE, exact) | polygon.")] = "mask",
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps (eval and issues queues).")] = None,
+    cvat_shapes: Annotated[CvatShapes, typer.Option(help="CVAT pre-labels as mask (RLE, exact) | polygon.")
+                           ] = CvatShapes.mask,
+    device: Annotated[Device | None, typer.Option(help="PyTorch device for the eval and issues queues (default: "
+                                                       "train.device in dataeng.toml).")] = None,
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Write the next images of a review queue, pre-filled, as Labelme files or a CVAT task export."""
     with cli_errors():
         from dataeng.engine.review.export import export_review
-        from dataeng.errors import DataEngError
         from dataeng.progress import rich_progress
 
-        if cvat_shapes not in ("mask", "polygon"):
-            raise DataEngError("expected mask or polygon", field="cvat-shapes", value=cvat_shapes)
         ws = open_workspace(workspace)
-        session = ws.new_session()
-        try:
-            with rich_progress("img") as progress:
-                done = export_review(ws, session, out, fmt=fmt, queue=queue, limit=limit,
-                                     folds=folds, device=device, cvat_shapes=cvat_shapes,
-                                     progress=progress)
-        finally:
-            session.close()
+        with closing(ws.new_session()) as session, rich_progress("img") as progress:
+            done = export_review(ws, session, out, fmt=fmt.value, queue=queue.value, limit=limit, folds=folds,
+                                 device=value(device), cvat_shapes=cvat_shapes.value, progress=progress)
     if json_out:
         print_json(done.to_dict())
         return
     sources = ", ".join(f"{n} {k}" for k, n in sorted(done.prefill.items()))
     console.print(f"review [bold]{done.review_id}[/bold]: {done.items} images of the {done.queue} queue as "
                   f"{done.format} in {done.out} (pre-filled: {sources})")
-    for line in done.notices[:20]:
+    for line in done.notices[:SHOWN_NOTICES]:
         console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
     console.print(f"next: {done.open_command}", soft_wrap=True)
     console.print(f"then: dataeng review import {done.out}", soft_wrap=True)
@@ -67,26 +74,22 @@ def import_command(
         from dataeng.progress import rich_progress
 
         ws = open_workspace(workspace)
-        session = ws.new_session()
-        try:
-            with rich_progress("img") as progress:
-                done = import_review(ws, session, path, manifest=manifest, progress=progress)
-        finally:
-            session.close()
+        with closing(ws.new_session()) as session, rich_progress("img") as progress:
+            done = import_review(ws, session, path, manifest=manifest, progress=progress)
     data = done.to_dict()
     if json_out:
         print_json(data)
         return
-    median = data["median_edit_iou"]
+    _print_import(done, data["median_edit_iou"])
+
+
+def _print_import(done: Any, median: float | None) -> None:
     console.print(f"review import batch [bold]{done.batch_id}[/bold]: {done.files} files, "
                   f"[green]{done.imported} imported[/green] ({done.unchanged} unchanged), "
                   f"{done.untouched} untouched (still in the queue), {done.already} already imported, "
                   f"[yellow]{done.refused} refused[/yellow]"
                   + (f"; median edit IoU {median:.3f}" if median is not None else ""))
-    for line in done.problems[:20]:
-        console.print(f"[yellow]refused[/yellow] {line}", soft_wrap=True)
-    if len(done.problems) > 20:
-        console.print(f"... and {len(done.problems) - 20} more (see `dataeng status`)")
+    print_refused(done.problems)
     for review in done.reviews:
         console.print(f"review {review['id']} ({review['queue']}): {review['imported']}/{review['exported']} back, "
                       f"{review['status']}")

@@ -89,12 +89,12 @@ def doctor(
         progress.advance()
     for label_id, *paths in session.execute(select(Label.id, Label.mask_path, Label.alpha_path, Label.conf_path)):
         report.labels_checked += 1
-        for rel in paths:
-            if rel is None:
+        for label_file in paths:
+            if label_file is None:
                 continue
-            referenced.add(rel)
-            if not (workspace.root / rel).is_file():
-                report.missing.append(f"label {label_id}: {rel}")
+            referenced.add(label_file)
+            if not (workspace.root / label_file).is_file():
+                report.missing.append(f"label {label_id}: {label_file}")
 
     store = workspace.store
     if store.is_dir():

@@ -196,7 +196,7 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
     else:
         person, alpha = _person(rng, height, width)
         # Quantise before compositing: the PNG matte then describes the image exactly.
-        alpha = np.rint(alpha * ALPHA_MAX) / np.float32(ALPHA_MAX)
+        alpha = (np.rint(alpha * ALPHA_MAX) / np.float32(ALPHA_MAX)).astype(np.float32)
         # blendLinear: alpha * person + (1 - alpha) * background in one rounded uint8 pass.
         composite = cv2.blendLinear(person, background, alpha, 1.0 - alpha)
     # Shared sensor noise keeps the composite exact: a*(p+e) + (1-a)*(b+e) = a*p + (1-a)*b + e.
@@ -354,7 +354,8 @@ def _person(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarr
             nrm = np.array([d[1], -d[0]]) * arm_w
             end = top + d * length
             arm = np.array([top - nrm, top + nrm, end + nrm, end - nrm])
-            hand = _ellipse(*(end + d * 0.1), 0.17, 0.2)
+            hx, hy = end + d * 0.1
+            hand = _ellipse(float(hx), float(hy), 0.17, 0.2)
             body_parts += [arm, hand]
             skin_parts += [arm, hand] if bare else [hand]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -120,14 +121,19 @@ class ExportResult:
     parity_sizes: tuple[tuple[int, int, int], ...]
 
 
-def meta_from_checkpoint(meta: dict[str, Any], dynamic: bool, mean: tuple[float, float, float],
-                         std: tuple[float, float, float], source: str = "") -> OnnxMeta:
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
+def meta_from_checkpoint(meta: dict[str, Any], dynamic: bool, mean: Sequence[float],
+                         std: Sequence[float], source: str = "") -> OnnxMeta:
     """The ONNX metadata of a model described by checkpoint metadata (``Checkpoint.meta``),
     fed inputs normalised with ``mean``/``std`` (after scaling to [0, 1])."""
     classes = tuple(meta["classes"])
     h, w = (int(v) for v in meta["image_size"])
     return OnnxMeta(classes=classes, image_size=(h, w), arch=str(meta["arch"]), encoder=str(meta["encoder"]),
-                    encoder_depth=int(meta.get("encoder_depth", 5)), mean=mean, std=std,
+                    encoder_depth=int(meta.get("encoder_depth", 5)), mean=_rgb(mean), std=_rgb(std),
                     activation="sigmoid" if len(classes) == 1 else "softmax", dynamic=dynamic, source=source)
 
 
@@ -162,6 +168,7 @@ def export_onnx(model: torch.nn.Module, meta: OnnxMeta, out: Path, seed: int = 0
     model = model.cpu().eval()
     h, w = meta.image_size
     axes = {0: "batch", 2: "height", 3: "width"} if meta.dynamic else {0: "batch"}
+    max_diff = float("nan")
 
     def write(tmp: Path) -> None:
         try:
@@ -182,7 +189,6 @@ def export_onnx(model: torch.nn.Module, meta: OnnxMeta, out: Path, seed: int = 0
         nonlocal max_diff
         max_diff = diff
 
-    max_diff = float("nan")
     atomic_write(out, write)
     return ExportResult(out, meta, max_diff, parity_sizes(meta))
 

@@ -77,8 +77,6 @@ def test_cvat_export_with_polygons_through_the_cli(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["review", "export", "{tmp}/full"], "new or empty"),
-    (["review", "export", "{tmp}/x", "--format", "coco"], "format"),
-    (["review", "export", "{tmp}/x", "--cvat-shapes", "box"], "cvat-shapes"),
     (["review", "export", "{tmp}/x", "--queue", "eval"], None),
     (["review", "import", "{tmp}/nothing"], "no such file"),
     (["review", "import", "{tmp}/full/x.txt"], "expected a folder"),

@@ -75,4 +75,4 @@ def test_other_architecture_or_classes_refused(tmp_path):
     with pytest.raises(ModelError, match="do not fit the model"):
         load_weights(_model(classes=2), ckpt)
     with pytest.raises(ModelError, match="do not fit the model"):
-        load_weights(_model(arch="fpn"), ckpt)
+        load_weights(_model(arch="linknet"), ckpt)

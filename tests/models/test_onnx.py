@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from dataeng.engine.serve.model_export import compare_masks
-from dataeng.engine.serve.predict import TorchPredictor
 from dataeng.errors import ModelError
 from dataeng.models.factory import build_model
-from dataeng.models.inference import IMAGENET_MEAN, IMAGENET_STD
+from dataeng.models.inference import IMAGENET_MEAN, IMAGENET_STD, TorchPredictor
 from dataeng.models.onnx import (
     PARITY_ATOL,
     OnnxMeta,

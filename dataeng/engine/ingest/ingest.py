@@ -283,6 +283,16 @@ _INSERT_IMAGE = (
 )
 
 
+@dataclass(frozen=True)
+class _Group:
+    """The near-duplicate group a new image joins: a registered group (its root's id), or one whose
+    root is new in this chunk (its index in the chunk's new images)."""
+
+    split: str
+    registered_id: int | None = None
+    chunk_root: int | None = None
+
+
 def _register_chunk(
     workspace: Workspace, session: Session, batch_id: int, part: list[Inspected], summary: IngestSummary
 ) -> None:
@@ -321,22 +331,20 @@ def _register_chunk(
     if not fresh:
         return
 
-    # Per new image: ("db", group id, split) or ("chunk", index of the root in `fresh`, split).
     earlier = pairwise_near([r.phash for r in fresh], radius)
-    group_of: list[tuple[str, int, str]] = []
+    group_of: list[_Group] = []
     for i, r in enumerate(fresh):
         near = find_near(session, r.phash, radius)
         if near:
             group_id = near[0][2]
             split = session.execute(select(Image.split).where(Image.id == group_id)).scalar_one()
-            group_of.append(("db", group_id, split))
+            group_of.append(_Group(split, registered_id=group_id))
             summary.near_duplicates += 1
         elif earlier[i]:
-            root = group_of[earlier[i][0]]
-            group_of.append(root)
+            group_of.append(group_of[earlier[i][0]])
             summary.near_duplicates += 1
         else:
-            group_of.append(("chunk", i, split_for(r.sha256, config.split.ratios, config.split.salt)))
+            group_of.append(_Group(split_for(r.sha256, config.split.ratios, config.split.salt), chunk_root=i))
 
     now = utcnow().isoformat(sep=" ")
     conn = session.connection()
@@ -351,8 +359,8 @@ def _register_chunk(
                 r.height,
                 r.store_path,
                 _display_path(r.path),
-                g[1] if g[0] == "db" else None,
-                g[2],
+                g.registered_id,
+                g.split,
                 batch_id,
                 now,
             )
@@ -361,7 +369,8 @@ def _register_chunk(
     )
     ids = dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_([r.sha256 for r in fresh]))).all())
     new_groups = [
-        (ids[fresh[g[1]].sha256], ids[r.sha256]) for r, g in zip(fresh, group_of, strict=True) if g[0] == "chunk"
+        (ids[fresh[g.chunk_root].sha256], ids[r.sha256])
+        for r, g in zip(fresh, group_of, strict=True) if g.chunk_root is not None
     ]
     if new_groups:
         conn.exec_driver_sql("UPDATE images SET group_id = ? WHERE id = ?", new_groups)
@@ -370,7 +379,7 @@ def _register_chunk(
     for r, g in zip(fresh, group_of, strict=True):
         summary.image_ids[os.path.realpath(r.path)] = ids[r.sha256]
         summary.added += 1
-        summary.per_split[g[2]] += 1
+        summary.per_split[g.split] += 1
 
 
 def _display_path(path: str) -> str:

@@ -106,7 +106,7 @@ def inspect_image(path: str, root: str, link: str, max_pixels: int) -> Inspected
     rotated = orientation not in (1, None) and isinstance(orientation, int) and 2 <= orientation <= 8
     ext = PIL_FORMATS[fmt]
     if rotated:
-        im = ImageOps.exif_transpose(im)
+        im = ImageOps.exif_transpose(im)  # type: ignore[assignment]
         buf = io.BytesIO()
         if ext == ".jpg":
             im.convert("RGB").save(buf, format="JPEG", quality=95, subsampling=0)

@@ -118,15 +118,15 @@ def rejected_students(session: Session) -> set[int]:
     """
     rows = session.execute(select(Round.student_run_id, Round.promoted).where(
         Round.student_run_id.is_not(None), Round.promoted.is_not(None))).all()
-    promoted = {run_id for run_id, was_promoted in rows if was_promoted}
-    return {run_id for run_id, was_promoted in rows if not was_promoted} - promoted
+    promoted = {run_id for run_id, was_promoted in rows if was_promoted and run_id is not None}
+    return {run_id for run_id, was_promoted in rows if not was_promoted and run_id is not None} - promoted
 
 
 def beaten_teachers(session: Session) -> set[int]:
     """Teachers whose student a round promoted: beaten on the same val set, never the default again."""
-    return set(session.scalars(select(Round.teacher_run_id).where(
+    return {run_id for run_id in session.scalars(select(Round.teacher_run_id).where(
         Round.promoted.is_(True), Round.teacher_run_id.is_not(None),
-        Round.student_run_id.is_not(None), Round.student_run_id != Round.teacher_run_id)))
+        Round.student_run_id.is_not(None), Round.student_run_id != Round.teacher_run_id)) if run_id is not None}
 
 
 def val_miou(run: Run) -> float | None:
@@ -211,7 +211,8 @@ def import_checkpoint(workspace: Workspace, session: Session, path: Path, field:
     """
 
     if not path.is_file():
-        raise ModelError("neither 'best', a train run id nor a checkpoint file", path=path, field=field)
+        raise ModelError("neither 'best', a train run id nor a checkpoint file (give a run id or 'best', or the "
+                         "path of a checkpoint)", path=path, field=field)
     ckpt = load_checkpoint(path)  # refuses a non-checkpoint before anything is registered
     sha = file_sha256(path)
     for run in session.scalars(select(Run).where(Run.kind == "train", Run.status == "imported")):

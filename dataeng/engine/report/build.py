@@ -84,9 +84,9 @@ def build_report(workspace: Workspace, session: Session, *, gallery: bool = True
     if finished and not test_available:
         notes.append("Test metrics are unavailable: no run was tested (no test image has a human label).")
     pseudo = _pseudo(session, growth, accept)
-    review = {"edit_iou_histogram": queries.edit_iou_histogram(session, HISTOGRAM_BINS),
-              "corrections": queries.review_corrections(session), "reviews": queries.all_reviews(session)}
-    review["total_corrections"] = sum(c["corrections"] for c in review["corrections"])
+    corrections = queries.review_corrections(session)
+    review = {"edit_iou_histogram": queries.edit_iou_histogram(session, HISTOGRAM_BINS), "corrections": corrections,
+              "reviews": queries.all_reviews(session), "total_corrections": sum(c["corrections"] for c in corrections)}
 
     worst_rows = queries.worst_image_metrics(session, best.id, "test", gallery_size) if best else []
     queue_rows = queries.review_queue(session, gallery_size)

@@ -238,7 +238,7 @@ def _issues(workspace: Workspace, session: Session, limit: int, excluded: set[in
     # prediction PNGs of the labels it returns only).
     issues = rank_label_issues(workspace, session, folds=folds, limit=limit + len(excluded), device=device,
                                progress=progress)
-    planned = []
+    planned: list[_Planned] = []
     for issue in issues:
         if len(planned) == limit:
             break

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,7 +144,7 @@ def _labelme_sources(folder: Path) -> list[Source]:
             source.error = e
         else:
             image = source.annotation.image_path
-            source.image_sha256 = (lambda p=image: file_sha256(p) if p is not None and p.is_file() else None)
+            source.image_sha256 = partial(_sha256_of, image)
         sources.append(source)
     return sources
 
@@ -161,5 +162,9 @@ def _cvat_sources(xml: Path, root: Path, sha: Callable[[str], str | None], probl
     for annotation in result.items:
         name = Path(annotation.image_name.replace("\\", "/")).name
         sources.append(Source(name, f"{shown or xml}:{annotation.image_name}", annotation,
-                               image_sha256=lambda n=name: sha(n)))
+                               image_sha256=partial(sha, name)))
     return sources
+
+
+def _sha256_of(path: Path | None) -> str | None:
+    return file_sha256(path) if path is not None and path.is_file() else None

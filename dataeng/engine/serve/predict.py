@@ -93,7 +93,7 @@ def load_predictor(workspace: Workspace | None = None, session: Session | None =
     if onnx is not None and run is not None:
         raise DataEngError("give a run or an ONNX file, not both", field="run", value=run)
     if onnx is not None:
-        return OnnxPredictor.load(onnx, expected_classes)
+        return OnnxPredictor.load(onnx, list(expected_classes) if expected_classes is not None else None)
     if workspace is None or session is None:
         raise DataEngError("predicting with a registered run needs a workspace (or pass an ONNX file)",
                            field="run", value=str(run or "best"))

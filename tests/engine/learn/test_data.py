@@ -10,14 +10,13 @@ from dataeng.annotation.types import IGNORE_INDEX
 from dataeng.engine.learn.data import (
     EvalDataset,
     MixedSampler,
-    Sample,
     SeededSampler,
     TrainDataset,
     external_mask,
     mixed_epoch,
-    registry_samples,
     train_loader,
 )
+from dataeng.engine.learn.samples import Sample, registry_samples
 from tests.factories import add_image, add_label, make_workspace
 
 

@@ -11,10 +11,12 @@ from sqlalchemy import select
 from dataeng.annotation.masks import read_mask
 from dataeng.annotation.types import IGNORE_INDEX
 from dataeng.db.schema import ImageMetric, Problem, ProblemKind, Run
-from dataeng.engine.learn.evaluate import evaluate, evaluate_samples, folder_samples, prediction_path
-from dataeng.engine.learn.samples import Sample
+from dataeng.engine.learn.evaluate import evaluate, evaluate_samples, prediction_path
+from dataeng.engine.learn.runs import RunRef
+from dataeng.engine.learn.samples import Sample, folder_samples
 from dataeng.engine.learn.train import train
 from dataeng.errors import ModelError
+from dataeng.models.inference import TorchPredictor
 from tests.factories import TINY_TRAIN, make_workspace
 
 
@@ -23,6 +25,10 @@ class BrightIsPerson(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :1] * 20.0
+
+
+def _bright() -> TorchPredictor:
+    return TorchPredictor(BrightIsPerson(), ["person"], (64, 64), torch.device("cpu"))
 
 
 def _write_pair(folder, stem, size=(90, 70), ignore=False):
@@ -46,7 +52,7 @@ def test_metrics_are_computed_at_original_resolution(tmp_path):
     _write_pair(tmp_path, "b", size=(50, 130), ignore=True)
     samples, missing = folder_samples(tmp_path / "images", tmp_path / "masks")
     assert missing == []
-    outcome = evaluate_samples(BrightIsPerson(), samples, (64, 64), 1, torch.device("cpu"), batch_size=2)
+    outcome = evaluate_samples(_bright(), samples, 1, batch_size=2)
     assert outcome.metrics["images"] == 2 and outcome.problems == []
     assert outcome.metrics["iou"] > 0.95 and outcome.metrics["boundary_f1"] > 0.9
 
@@ -61,7 +67,7 @@ def test_the_worst_predictions_are_kept_lowest_iou_first(tmp_path):
         array = np.asarray(PILImage.open(sample.image_path)).copy()
         array[: array.shape[0] * k // 6] = 10
         PILImage.fromarray(array).save(sample.image_path)
-    outcome = evaluate_samples(BrightIsPerson(), samples, (64, 64), 1, torch.device("cpu"), keep_worst=2)
+    outcome = evaluate_samples(_bright(), samples, 1, keep_worst=2)
     by_iou = sorted(outcome.images, key=lambda s: s.scores.iou)
     assert [img.sample.image_path for img, _ in outcome.worst_predictions] == [s.sample.image_path
                                                                               for s in by_iou[:2]]
@@ -70,7 +76,7 @@ def test_the_worst_predictions_are_kept_lowest_iou_first(tmp_path):
         assert pred.shape == truth.shape  # at the image's own size
         inter, union = np.count_nonzero((pred == 1) & truth), np.count_nonzero((pred == 1) | truth)
         assert inter / union == pytest.approx(image.scores.iou)
-    assert evaluate_samples(BrightIsPerson(), samples, (64, 64), 1, torch.device("cpu")).worst_predictions == []
+    assert evaluate_samples(_bright(), samples, 1).worst_predictions == []
 
 
 def _trained(tmp_path):
@@ -99,7 +105,8 @@ def test_evaluate_registry_split_and_external_folder(tmp_path):
     _write_pair(ext, "two")
     PILImage.fromarray(np.zeros((20, 20, 3), np.uint8)).save(ext / "images" / "lonely.png")
     with ws.session() as session:
-        out = evaluate(ws, session, trained.run_id, images_dir=ext / "images", masks_dir=ext / "masks",
+        out = evaluate(ws, session, RunRef.parse(trained.run_id), images_dir=ext / "images",
+                       masks_dir=ext / "masks",
                        device="cpu")
     assert out.missing == [str(ext / "images" / "lonely.png")] and out.metrics["images"] == 2
     with ws.session() as session:
@@ -116,12 +123,12 @@ def test_evaluate_refuses_unknown_runs(tmp_path):
     with ws.session() as session, pytest.raises(ModelError, match="no finished train run"):
         evaluate(ws, session)
     with ws.session() as session, pytest.raises(ModelError, match="no train run with this id"):
-        evaluate(ws, session, 42)
+        evaluate(ws, session, RunRef.parse(42))
 
 
 def test_unreadable_image_is_reported_and_rest_go_on(tmp_path):
     _write_pair(tmp_path, "a")
     samples, _ = folder_samples(tmp_path / "images", tmp_path / "masks")
     bad = Sample(image_path=tmp_path / "nope.png", mask_path=samples[0].mask_path, external=True)
-    outcome = evaluate_samples(BrightIsPerson(), [bad, *samples], (64, 64), 1, torch.device("cpu"))
+    outcome = evaluate_samples(_bright(), [bad, *samples], 1)
     assert outcome.metrics["images"] == 1 and outcome.problems[0][0].endswith("nope.png")

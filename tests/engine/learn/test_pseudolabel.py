@@ -26,6 +26,7 @@ from dataeng.engine.learn.pseudolabel import (
     stability,
     uncertainty,
 )
+from dataeng.engine.learn.runs import RunRef
 from dataeng.errors import ModelError, NothingToDoError
 from tests.engine.learn.pseudolabel_helpers import add_teacher_run, save_constant_teacher
 from tests.factories import add_label, make_workspace
@@ -93,7 +94,7 @@ def test_accepts_confident_images_and_queues_the_rest_with_provenance(tmp_path: 
     ws, _ = make_workspace(tmp_path, n_train=4, n_val=1, n_test=1, labelled=False)
     unsure = add_teacher_run(ws, UNSURE, val_miou=0.4)
     with ws.session() as s:
-        r1 = pseudolabel(ws, s, str(unsure), device="cpu", num_workers=0)
+        r1 = pseudolabel(ws, s, RunRef.parse(unsure), device="cpu", num_workers=0)
     assert (r1.accepted, r1.queued, r1.candidates, r1.round) == (0, 4, 4, 1)
     queued = _labels(ws, origin="pseudo")
     assert {x.status for x in queued} == {"needs_review"}
@@ -181,7 +182,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "not a checkpoint": (evil, "not a checkpoint"),
         "corrupt": (corrupt, "not a checkpoint|not a loadable checkpoint"),
         "other classes": (save_constant_teacher(tmp_path / "cls.pt", CONFIDENT, ["person", "cat"]), "classes"),
-        "other architecture": (save_constant_teacher(tmp_path / "arch.pt", CONFIDENT, arch="fpn", meta_arch="unet"),
+        "other architecture": (save_constant_teacher(tmp_path / "arch.pt", CONFIDENT, arch="linknet", meta_arch="unet"),
                                "do not fit"),
         "missing": (tmp_path / "nope.pt", "neither 'best', a train run id nor a checkpoint file"),
     }
@@ -191,7 +192,7 @@ def test_bad_teacher_files_are_refused_clearly_without_unpickling(tmp_path: Path
     ws, _ = make_workspace(tmp_path, n_train=2, n_val=0, n_test=0, labelled=False)
     for name, (path, message) in _bad_files(tmp_path).items():
         with ws.session() as s, pytest.raises(ModelError, match=message):
-            pseudolabel(ws, s, str(path), device="cpu", num_workers=0)
+            pseudolabel(ws, s, RunRef.parse(path), device="cpu", num_workers=0)
         assert not (tmp_path / "unpickled").exists(), name
     assert _labels(ws) == []
     with ws.session() as s, pytest.raises(ModelError, match="no finished train run"):
@@ -202,13 +203,13 @@ def test_teacher_file_outside_the_registry_is_imported_once(tmp_path: Path) -> N
     ws, _ = make_workspace(tmp_path, n_train=2, n_val=0, n_test=0, labelled=False)
     path = save_constant_teacher(tmp_path / "t.pt", CONFIDENT)
     with ws.session() as s:
-        first = pseudolabel(ws, s, str(path), device="cpu", num_workers=0)
+        first = pseudolabel(ws, s, RunRef.parse(path), device="cpu", num_workers=0)
     with ws.session() as s:
         run = s.get(Run, first.teacher_run_id)
         assert (run.kind, run.status) == ("train", "imported")
         assert (ws.root / run.checkpoint_path).is_file()
         with pytest.raises(NothingToDoError):
-            pseudolabel(ws, s, str(path), device="cpu", num_workers=0)
+            pseudolabel(ws, s, RunRef.parse(path), device="cpu", num_workers=0)
 
 
 _KILLER = textwrap.dedent(

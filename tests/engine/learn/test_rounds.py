@@ -15,7 +15,8 @@ from dataeng.config import AcceptConfig, Config, PseudolabelConfig, TrainConfig
 from dataeng.db.schema import Label, Round, Run
 from dataeng.engine.learn import rounds as rounds_mod
 from dataeng.engine.learn.rounds import run_rounds
-from dataeng.engine.learn.teacher import beaten_teachers, best_teacher_run, rejected_students
+from dataeng.engine.learn.runs import beaten_teachers, rejected_students
+from dataeng.engine.learn.runs import best_run as best_teacher_run
 from tests.factories import TINY_TRAIN, add_label, make_workspace
 
 TINY_CONFIG = Config(train=TrainConfig(encoder="tu-mobilenetv3_small_050", image_size=(64, 64), batch_size=4,

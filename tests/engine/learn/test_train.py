@@ -11,11 +11,12 @@ from sqlalchemy import select
 
 from dataeng.annotation.masks import write_mask
 from dataeng.db.schema import ImageMetric, Label, Run
-from dataeng.engine.learn.data import registry_samples
-from dataeng.engine.learn.loop import Callbacks
-from dataeng.engine.learn.train import dataset_fingerprint, train
+from dataeng.engine.learn.provenance import dataset_fingerprint
+from dataeng.engine.learn.samples import registry_samples
+from dataeng.engine.learn.train import train
 from dataeng.errors import DataEngError
 from dataeng.models.checkpoint import load_checkpoint
+from dataeng.progress import NullProgress
 from tests.factories import TINY_TRAIN, make_workspace
 
 
@@ -88,11 +89,12 @@ def test_resume_equals_uninterrupted(tmp_path):
     class Killed(KeyboardInterrupt):
         pass
 
-    def kill(info):
-        raise Killed
+    class KillAfterFirstEpoch(NullProgress):
+        def note(self, text: str) -> None:  # the epoch's line: its checkpoint and row are committed
+            raise Killed
 
     with pytest.raises(Killed):
-        _train(ws, opts={"epochs": 2}, callbacks=Callbacks(on_epoch=kill))
+        _train(ws, opts={"epochs": 2}, progress=KillAfterFirstEpoch())
     with ws.session() as session:
         killed = session.scalars(select(Run).order_by(Run.id.desc())).first()
         assert killed.status == "failed" and len(killed.metrics["history"]) == 1
@@ -123,3 +125,20 @@ def test_pseudo_labels_and_matting_train(tmp_path):
     with ws.session() as session:
         run = session.get(Run, result.run_id)
         assert run.metrics["selected_by"] == "last_epoch" and run.config["strong_augment"] is True
+
+
+def test_val_every_validates_and_checkpoints_every_n_images_and_at_the_end(tmp_path):
+    ws, _ = make_workspace(tmp_path, n_train=4, n_val=2, n_test=0)
+    notes: list[str] = []
+
+    class Notes(NullProgress):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    # 4 images per epoch: validation after epochs 3 (12 seen), 6 (12 more) and 7 (the last).
+    result = _train(ws, opts={"epochs": 7, "val_every": 10}, progress=Notes())
+    validated = [h["epoch"] for h in result.history if h["val"] is not None]
+    assert validated == [3, 6, 7]
+    assert len(result.history) == 7 and result.best_epoch in validated
+    assert len(notes) == 7 and all(("val mIoU" in n) == (i + 1 in validated) for i, n in enumerate(notes))
+    assert load_checkpoint(result.run_dir / "last.pt").meta["epoch"] == 7

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
-import types
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -480,8 +478,9 @@ def test_issues_queue_follows_the_ranking_and_a_fix_replaces_the_human_label(
         return [FakeIssue(m.image_id, m.label_id, s, b"", None) for m, s in
                 ((made[2], 0.1), (made[1], 0.2), (made[0], 0.3), (made[3], 0.4))]
 
-    monkeypatch.setitem(sys.modules, "dataeng.engine.learn.label_quality",
-                        types.SimpleNamespace(rank_label_issues=rank_label_issues))
+    import dataeng.engine.review.export as export_module
+
+    monkeypatch.setattr(export_module, "rank_label_issues", rank_label_issues)
     out = tmp_path / "issues"
     done = run_export(ws, out, queue="issues", limit=2, folds=3, device="cpu")
     assert calls == {"folds": 3, "device": "cpu", "limit": 2} and len(done.notices) == 1

@@ -10,26 +10,25 @@ from PIL import Image
 
 from dataeng.annotation.masks import ALPHA_MAX
 from dataeng.db.schema import Run
+from dataeng.engine.learn.runs import RunRef, resolve_run
 from dataeng.engine.serve.compositing import (
     composite,
     fit_background,
     foreground,
     guided_filter,
     refine_alpha,
-    resize_probabilities,
 )
 from dataeng.engine.serve.predict import (
     MASK_FOREGROUND,
     PredictOptions,
-    flip_probabilities,
     iter_inputs,
     load_image,
     load_predictor,
     parse_background,
     predict,
-    resolve_run,
 )
 from dataeng.errors import DataEngError, InputError, ModelError
+from dataeng.models.inference import resize_probabilities, tta_probabilities
 
 
 class CentrePredictor:
@@ -195,7 +194,7 @@ def test_tta_averages_the_mirrored_prediction():
             return p
 
     batch = np.zeros((1, 3, 4, 8), np.uint8)
-    np.testing.assert_allclose(flip_probabilities(LeftPredictor(), batch)[0, 1], 0.5)
+    np.testing.assert_allclose(tta_probabilities(LeftPredictor(), batch, "flip")[0, 1], 0.5)
 
 
 def test_resize_probabilities_matches_torch_bilinear():
@@ -246,16 +245,16 @@ def test_best_is_the_finished_run_with_the_highest_val_miou(workspace):
             session.add(Run(kind="train", status=status, checkpoint_path="runs/x/checkpoint.pt",
                             metrics={"val": {"miou": miou}}))
         session.flush()
-        assert resolve_run(session, "best").metrics["val"]["miou"] == 0.9
-        assert resolve_run(session, "1").id == 1
+        assert resolve_run(workspace, session, RunRef.parse("best")).metrics["val"]["miou"] == 0.9
+        assert resolve_run(workspace, session, RunRef.parse("1")).id == 1
         with pytest.raises(ModelError, match="run id or 'best'"):
-            resolve_run(session, "latest")
+            resolve_run(workspace, session, RunRef.parse("latest"))
 
 
 def test_best_without_runs_and_source_rules(workspace, tmp_path):
     with workspace.session() as session, pytest.raises(ModelError, match="no finished train run"):
-        resolve_run(session, "best")
+        resolve_run(workspace, session, RunRef.parse("best"))
     with pytest.raises(DataEngError, match="not both"):
-        load_predictor(run="best", onnx=tmp_path / "m.onnx")
+        load_predictor(run=RunRef("best"), onnx=tmp_path / "m.onnx")
     with pytest.raises(DataEngError, match="needs a workspace"):
-        load_predictor(run="best")
+        load_predictor(run=RunRef("best"))

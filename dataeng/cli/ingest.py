@@ -1,0 +1,46 @@
+"""``dataeng ingest``: register images (thin over engine.ingest)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dataeng.cli.app import (
+    JsonOption,
+    WorkspaceOption,
+    app,
+    cli_errors,
+    console,
+    open_workspace,
+    print_json,
+    print_refused,
+)
+from dataeng.cli.tables import ingest_table
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or glob patterns.")],
+    workspace: WorkspaceOption = None,
+    workers: Annotated[int | None, typer.Option(help="Processes for decoding (default: one per core).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first refused input.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Register images: dedup by sha256, near-duplicate groups by pHash, stable 7:2:1 splits."""
+    from dataeng.engine.ingest.ingest import ingest as run_ingest
+    from dataeng.progress import NullProgress, rich_progress
+
+    with cli_errors():
+        ws = open_workspace(workspace)
+        with ws.session() as session:
+            if json_out:
+                summary = run_ingest(ws, session, paths, workers=workers, strict=strict, progress=NullProgress())
+            else:
+                with rich_progress("img") as progress:
+                    summary = run_ingest(ws, session, paths, workers=workers, strict=strict, progress=progress)
+        if json_out:
+            print_json(summary.to_dict())
+            return
+        console.print(ingest_table(summary))
+        print_refused(summary.problems)
