@@ -141,7 +141,6 @@ class Workspace:
 
     def migrate(self) -> tuple[str | None, str]:
         """Upgrade the registry schema; reports through ``on_migrate`` when it changed."""
-
         before, after = upgrade(self.engine)
         if before != after and before is not None and self.on_migrate is not None:
             self.on_migrate(before, after)
@@ -150,7 +149,6 @@ class Workspace:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work on the registry: commit on success, roll back on error."""
-
         with session_scope(self._sessionmaker) as session:
             yield session
 

@@ -57,7 +57,6 @@ def export_labels(
     Raises:
         NothingToDoError: no label matches the filters.
     """
-
     progress = progress or NullProgress()
     stmt = select(Label, Image).join(Image, Image.id == Label.image_id).where(Label.status == "active")
     if split != "all":

@@ -142,7 +142,6 @@ def model_from_checkpoint(ckpt: Checkpoint) -> torch.nn.Module:
     Raises:
         ModelError: the weights do not fit the architecture the metadata names.
     """
-
     model = build_model(ckpt.meta["arch"], ckpt.meta["encoder"], ckpt.num_classes,
                         encoder_depth=int(ckpt.meta.get("encoder_depth", 5)))
     load_weights(model, ckpt)

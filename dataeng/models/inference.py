@@ -173,7 +173,6 @@ class TorchPredictor:
         Raises:
             ModelError: the weights do not fit the architecture the checkpoint names.
         """
-
         meta = checkpoint.meta
         mean, std = checkpoint_normalisation(meta)
         h, w = meta["image_size"]

@@ -72,7 +72,6 @@ class LabelSummary:
 
 def discover(inputs: Sequence[str | Path], fmt: str | None = None) -> AnnotationSets:
     """Find annotation sets under the inputs (auto-detect) or read them all as ``fmt``."""
-
     found = AnnotationSets()
     for raw in inputs:
         path = Path(raw)
@@ -107,7 +106,6 @@ def discover(inputs: Sequence[str | Path], fmt: str | None = None) -> Annotation
 
 def read_all(sets: AnnotationSets, summary: LabelSummary) -> tuple[list[tuple[str, object]], list[DataEngError]]:
     """Read every annotation set; returns (format name, ImageAnnotation) items and problems."""
-
     items: list[tuple[str, object]] = []
     problems: list[DataEngError] = list(sets.problems)
     for name, path, root in sets.sets:
@@ -137,7 +135,6 @@ def _render(
     job: tuple[list[object], list[str], dict[str, str], int, int],
 ) -> tuple[bytes, bytes | None, list[str], list[str]]:
     """Worker: rasterise one image's annotations and encode the PNGs."""
-
     annotations, classes, aliases, width, height = job
     label_map = LabelMap(classes, aliases)
     notices: list[str] = []

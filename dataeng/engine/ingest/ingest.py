@@ -220,8 +220,6 @@ def ingest(
 
 def _materialise_embedded(workspace: Workspace, items: list[tuple[str, object]]) -> list[tuple[str, object]]:
     """Images that exist only inside an annotation (labelme imageData) become files to ingest."""
-
-
     out = []
     for name, item in items:
         data = getattr(item, "image_data", None)

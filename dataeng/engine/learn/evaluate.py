@@ -101,7 +101,6 @@ def evaluate_samples(predictor: Predictor, samples: Sequence[Sample], num_classe
     Returns:
         Split-level and per-image metrics; unreadable items are listed in ``problems``.
     """
-
     progress = progress or NullProgress()
     k = num_classes + 1
     cm_total = np.zeros((k, k), np.int64)
@@ -152,7 +151,6 @@ def store_worst_predictions(run_dir: Path, split: str, outcome: EvalOutcome) -> 
     A checkpoint's predictions never change, so a later evaluation of the same run on
     the same split rewrites the same files (atomically).
     """
-
     n = 0
     for image, pred in outcome.worst_predictions:
         if image.sample.image_id is not None:
@@ -203,7 +201,6 @@ def evaluate(workspace: Workspace, session: Session, ref: RunRef | None = None, 
         ModelError: no usable run or checkpoint.
         NothingToDoError: the split has no labelled images.
     """
-
     model_run = resolve_run(workspace, session, ref or RunRef("newest"))
     ckpt = load_checkpoint(workspace.root / str(model_run.checkpoint_path))
     classes = list(ckpt.meta["classes"])

@@ -16,7 +16,6 @@ from dataeng.storage import file_sha256
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """``<package version>+<git describe>`` when run from a git checkout, else the version."""
-
     repo = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=repo, capture_output=True,

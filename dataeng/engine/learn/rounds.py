@@ -94,7 +94,6 @@ def val_miou(workspace: Workspace, session: Session, run_id: int, device: str | 
     Both sides of a promotion are scored here, on the same images, because a teacher's
     stored val mIoU may come from an older, smaller val set.
     """
-
     samples = registry_samples(workspace, session, "val", human_only=True)
     session.commit()
     if not samples:

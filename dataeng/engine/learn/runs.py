@@ -209,7 +209,6 @@ def import_checkpoint(workspace: Workspace, session: Session, path: Path, field:
     Raises:
         ModelError: no such file, or not a dataeng checkpoint.
     """
-
     if not path.is_file():
         raise ModelError("neither 'best', a train run id nor a checkpoint file (give a run id or 'best', or the "
                          "path of a checkpoint)", path=path, field=field)

@@ -43,7 +43,6 @@ class Teacher:
         Raises:
             ModelError: the weights do not fit the architecture the checkpoint names.
         """
-
         return TorchPredictor.from_checkpoint(self.checkpoint, device)
 
 
@@ -55,7 +54,6 @@ def resolve_teacher(workspace: Workspace, session: Session, ref: RunRef | None =
             dataeng checkpoint (refused without unpickling), or a checkpoint made for
             other classes or an architecture its weights do not fit.
     """
-
     run = resolve_run(workspace, session, ref or RunRef("best"), field="teacher")
     path = workspace.root / str(run.checkpoint_path)
     ckpt = load_checkpoint(path)

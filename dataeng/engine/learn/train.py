@@ -255,7 +255,6 @@ class _Job:
 
     def _after_epoch(self, stats: loop.EpochStats) -> None:
         """Rank 0: validate and keep checkpoints when due (every epoch, or every ``val_every`` images)."""
-
         if self.dist.is_main:
             self.seen_since_val += stats.samples_seen
             every = self.options.val_every
@@ -293,7 +292,6 @@ class _Job:
     def _finish(self, run: Run, best_val: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
                                                                           list[dict[str, Any]] | None]:
         """Rank 0: test the best checkpoint once, write metrics.json, fill the run row."""
-
         test = worst = None
         load_weights(self.training.module, load_checkpoint(self.run_dir / "checkpoint.pt"))
         if self.splits["test"]:

@@ -104,7 +104,6 @@ def worst_test_gallery(workspace: Workspace, run: Run | None, rows: list[dict[st
     Returns:
         (tiles, a note for the report when predictions were missing, else None).
     """
-
     if not rows or run is None:
         return [], None
     run_dir = workspace.run_dir(run.id)
@@ -146,7 +145,6 @@ def _kept_prediction(path: Path) -> np.ndarray | None:
 
 def review_queue_gallery(workspace: Workspace, rows: list[dict[str, Any]]) -> list[GalleryItem]:
     """Tiles (image, pre-label, confidence map) for the rows of ``queries.review_queue``."""
-
     items = []
     for row in rows:
         pictures: list[Picture] = []

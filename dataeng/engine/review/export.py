@@ -152,7 +152,6 @@ def export_review(
             session.close()
         print(done.open_command)  # labelme to_annotate --flags reviewed
     """
-
     if fmt not in FORMATS:
         raise DataEngError(f"expected one of {', '.join(FORMATS)}", field="format", value=fmt)
     if queue not in QUEUES:
@@ -321,7 +320,6 @@ def _name(planned: list[_Planned]) -> None:
 def _write_files(workspace: Workspace, tmp: Path, planned: list[_Planned], label_map: LabelMap, fmt: str,
                  cvat_shapes: Literal["mask", "polygon"], progress: Progress) -> list[np.ndarray]:
     """Images, annotations and (CVAT) label list into ``tmp``; returns each item's pre-fill as drawn back."""
-
     mode = workspace.config.ingest.link
     image_dir = tmp if fmt == "labelme" else tmp / "images"
     records = []
@@ -359,7 +357,6 @@ def draw(annotation: Any, label_map: LabelMap, width: int, height: int) -> np.nd
     The one drawing used for both the pre-fill at export and the correction at import,
     so an untouched file draws exactly its pre-fill.
     """
-
     if annotation.width is not None and annotation.height is not None \
             and (annotation.width, annotation.height) != (width, height):
         annotation = scale_shapes(annotation, width, height)
@@ -368,7 +365,6 @@ def draw(annotation: Any, label_map: LabelMap, width: int, height: int) -> np.nd
 
 def _cvat_labels(label_map: LabelMap, cvat_shapes: str) -> list[dict[str, Any]]:
     """Labels for CVAT's task constructor ('Raw'): classes, ignore, holes, and the ``reviewed`` tag."""
-
     names = [*label_map.classes, IGNORE_LABEL] + ([HOLE_LABEL] if cvat_shapes == "polygon" else [])
     return ([{"name": n, "type": "any", "attributes": []} for n in names]
             + [{"name": REVIEWED_FLAG, "type": "tag", "attributes": []}])
@@ -377,7 +373,6 @@ def _cvat_labels(label_map: LabelMap, cvat_shapes: str) -> list[dict[str, Any]]:
 def _register(workspace: Workspace, session: Session, tmp: Path, out: Path, planned: list[_Planned],
               prefills: list[np.ndarray], queue: str, fmt: str, watermark: int) -> Review:
     """One transaction: the review row, its pre-fills and manifest, the folder renamed into place."""
-
     review = Review(queue=queue, format=fmt, out_dir=str(out), items=[], exported=len(planned), imported=0,
                     status="open")
     session.add(review)

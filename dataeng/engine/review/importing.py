@@ -60,7 +60,6 @@ def edit_iou(before: np.ndarray, after: np.ndarray) -> float:
         >>> edit_iou(np.array([[1, 1, 0, 0]], np.uint8), np.array([[1, 1, 1, 0]], np.uint8))
         0.6666666666666666
     """
-
     drawn_before, drawn_after = before != BACKGROUND, after != BACKGROUND
     union = int(np.count_nonzero(drawn_before | drawn_after))
     if union == 0:

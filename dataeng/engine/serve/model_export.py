@@ -93,7 +93,6 @@ def export_model(workspace: Workspace, session: Session, run: RunRef, out: Path,
         DataEngError: ``out`` exists (without ``overwrite``) or cannot be written.
         ModelError: no usable run, or the export or its parity check fails.
     """
-
     if out.exists() and not overwrite:
         raise DataEngError("exists (use --overwrite)", path=out)
     row = resolve_run(workspace, session, run)
@@ -130,7 +129,6 @@ def compare_masks(reference: Predictor, other: Predictor, n: int = COMPARE_IMAGE
     Returns:
         An :class:`Int8Report` with zero file sizes (the caller knows the files).
     """
-
     h, w = reference.image_size
     rng = np.random.default_rng(seed)
     batch = np.stack([render(rng, h, w)[0].transpose(2, 0, 1) for _ in range(n)])

@@ -89,7 +89,6 @@ def load_predictor(workspace: Workspace | None = None, session: Session | None =
     Raises:
         DataEngError: both or neither source usable; ModelError for a bad model.
     """
-
     if onnx is not None and run is not None:
         raise DataEngError("give a run or an ONNX file, not both", field="run", value=run)
     if onnx is not None:
