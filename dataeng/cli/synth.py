@@ -24,14 +24,13 @@ def synth(
     from dataeng.progress import rich_progress
 
     with cli_errors(), rich_progress("img") as progress:
-        progress.task("synthesising", n + unlabeled)
         summary = generate(
             out,
             n=n,
             unlabeled=unlabeled,
             seed=seed,
             size_range=(min_size, max_size),
-            progress=lambda _done: progress.advance(1),
+            progress=progress,
         )
     console.print(
         f"wrote {summary.n} labelled (images/, masks/, alpha/, labelme/) and {summary.unlabeled} unlabelled "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from dataeng.annotation.formats import labelme
 from dataeng.annotation.masks import ALPHA_MAX, alpha_to_mask, to_uint8_alpha, write_alpha, write_mask
 from dataeng.annotation.types import ExportRecord, LabelMap
 from dataeng.errors import DataEngError
+from dataeng.progress import NullProgress, Progress
 from dataeng.storage import atomic_write, atomic_write_text
 
 NAME_FORMAT = "synth_{:05d}"
@@ -84,7 +84,7 @@ def generate(
     unlabeled: int = 0,
     seed: int = 0,
     size_range: tuple[int, int] = (64, 512),
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
     labelme: bool = True,
 ) -> SynthSummary:
     """Write ``n`` labelled and ``unlabeled`` unlabelled synthetic portraits under ``out``.
@@ -102,7 +102,7 @@ def generate(
         unlabeled: number of unlabelled samples (>= 0), drawn from the same distribution.
         seed: non-negative seed; the same seed gives byte-identical files.
         size_range: inclusive (min, max) of each image side in pixels, min >= 16.
-        progress: called after each sample with the number of samples written so far.
+        progress: one task, advanced once per image written.
         labelme: also write the labelled set as Labelme JSON (through the Labelme writer).
 
     Returns:
@@ -116,6 +116,7 @@ def generate(
         >>> s.names[0], s.unlabeled_names[0]  # doctest: +SKIP
         ('synth_00000', 'synth_00020')
     """
+    progress = progress or NullProgress()
     for field, value in (("n", n), ("unlabeled", unlabeled), ("seed", seed)):
         if not isinstance(value, int) or value < 0:
             raise DataEngError("must be a non-negative integer", field=field, value=value)
@@ -125,6 +126,7 @@ def generate(
     start = time.perf_counter()
     out = Path(out)
     names = [NAME_FORMAT.format(i) for i in range(n + unlabeled)]
+    progress.task("synthesising", len(names))
     empty = 0
     for index, name in enumerate(names):
         rng = np.random.default_rng([seed, index])
@@ -142,8 +144,7 @@ def generate(
         write_alpha(alpha_dir / f"{name}.png", alpha_u8)
         if index < n and labelme:
             _write_labelme(out / "labelme", image_dir / f"{name}.jpg", alpha_to_mask(alpha_u8))
-        if progress is not None:
-            progress(index + 1)
+        progress.advance()
     record = {
         "generator": "dataeng.engine.synth",
         "seed": seed,

@@ -15,6 +15,7 @@ from PIL import Image
 from dataeng.annotation.masks import ALPHA_MAX, read_mask
 from dataeng.engine.synth import SynthSummary, generate, render
 from dataeng.errors import DataEngError
+from dataeng.progress import NullProgress
 
 N, UNLABELED, SEED, SIZES = 40, 8, 3, (64, 160)
 
@@ -141,7 +142,12 @@ def test_colour_alone_does_not_separate_person_from_background(samples: list) ->
 
 def test_progress_is_called_once_per_image(tmp_path: Path) -> None:
     seen: list[int] = []
-    generate(tmp_path, 2, unlabeled=1, seed=0, size_range=(32, 48), progress=seen.append)
+
+    class Counting(NullProgress):
+        def advance(self, n: int = 1, **fields: object) -> None:
+            seen.append((seen[-1] if seen else 0) + n)
+
+    generate(tmp_path, 2, unlabeled=1, seed=0, size_range=(32, 48), progress=Counting())
     assert seen == [1, 2, 3]
 
 

@@ -15,8 +15,7 @@ from dataeng.config import AcceptConfig, Config, PseudolabelConfig, TrainConfig
 from dataeng.db.schema import Label, Round, Run
 from dataeng.engine.learn import rounds as rounds_mod
 from dataeng.engine.learn.rounds import run_rounds
-from dataeng.engine.learn.runs import beaten_teachers, rejected_students
-from dataeng.engine.learn.runs import best_run as best_teacher_run
+from dataeng.engine.learn.runs import beaten_teachers, best_run, rejected_students
 from tests.factories import TINY_TRAIN, add_label, make_workspace
 
 TINY_CONFIG = Config(train=TrainConfig(encoder="tu-mobilenetv3_small_050", image_size=(64, 64), batch_size=4,
@@ -76,7 +75,7 @@ def test_round_zero_then_promotion_only_on_improvement(tmp_path: Path, monkeypat
         assert (student2.round, student2.teacher_run_id, student2.config["strong_augment"]) == (
             2, r1.student_run_id, True)
         # The refused student never becomes the default teacher, whatever its stored val score.
-        best = best_teacher_run(s)
+        best = best_run(s)
         assert best is not None and best.id != r2.student_run_id
         labels = s.scalars(select(Label).where(Label.origin == "pseudo", Label.status != "superseded")).all()
         assert {(x.run_id, x.round) for x in labels} == {(r1.student_run_id, 2)}
@@ -135,6 +134,6 @@ def test_a_promoted_student_reused_by_a_later_round_stays_the_teacher(tmp_path: 
                          status="finished")])
     with ws.session() as s:
         assert (rejected_students(s), beaten_teachers(s)) == ({refused}, {supervised})
-        best = best_teacher_run(s)
+        best = best_run(s)
         # Not the refused student (best stored val), nor the supervised run its student beat on one val set.
         assert best is not None and best.id == student
