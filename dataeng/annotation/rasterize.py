@@ -48,13 +48,20 @@ class Raster:
 
     Attributes:
         mask: uint8 HxW class-index mask (BACKGROUND, 1..N, IGNORE_INDEX).
-        notices: human-readable remarks (clipped shapes, skipped unknown labels).
-        unknown_labels: label names the label map did not know (not drawn).
+        notices: human-readable remarks (clipped shapes).
+        unknown_labels: label names the label map did not know (drawn as IGNORE_INDEX).
+        known_shapes: shapes whose label the map knew (0 with unknown labels: nothing usable).
     """
 
     mask: np.ndarray
     notices: list[str] = field(default_factory=list)
     unknown_labels: set[str] = field(default_factory=set)
+    known_shapes: int = 0
+
+    @property
+    def only_unknown(self) -> bool:
+        """Every shape had an unknown label: the mask says nothing about any class."""
+        return bool(self.unknown_labels) and self.known_shapes == 0
 
 
 def _draw_rings(rings: list[Ring], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -179,8 +186,10 @@ def rasterize(annotation: ImageAnnotation, label_map: LabelMap, width: int, heig
     """Draw an annotation's shapes into a class-index mask of ``height`` x ``width``.
 
     An alpha matte (alpha folders) is drawn first as class 1 where alpha >= 0.5; shapes
-    then follow in :func:`draw_order`. Shapes whose label the map does not know are not
-    drawn; their names come back in ``unknown_labels`` (the caller reports each once).
+    then follow in :func:`draw_order`. Shapes whose label the map does not know are drawn
+    as IGNORE_INDEX (what they cover is not background, nor any class we know, so it is
+    never trained on); their names come back in ``unknown_labels`` (the caller reports each
+    once, and registers nothing when :attr:`Raster.only_unknown`).
     Shapes must already be in the ``width`` x ``height`` pixel frame (see
     :func:`scale_shapes`).
 
@@ -206,6 +215,7 @@ def rasterize(annotation: ImageAnnotation, label_map: LabelMap, width: int, heig
     mask = np.full((height, width), BACKGROUND, dtype=np.uint8)
     notices: list[str] = []
     unknown: set[str] = set()
+    known = 0
     if annotation.alpha is not None:
         if annotation.alpha.shape[:2] != (height, width):
             notices.append(
@@ -214,12 +224,15 @@ def rasterize(annotation: ImageAnnotation, label_map: LabelMap, width: int, heig
             )
         else:
             mask[annotation.alpha >= 0.5] = 1
+            known += 1
     rule = "coco" if annotation.source == COCO_SOURCE else "pil"
     for index, shape in draw_order(annotation.shapes):
         value = _class_of(shape, label_map)
         if value is None:
             unknown.add(shape.label)
-            continue
+            value = IGNORE_INDEX
+        else:
+            known += 1
         if _outside(shape, width, height):
             notices.append(
                 f"{annotation.annotation_path}: shapes[{index}] ({shape.label}) extends outside "
@@ -231,7 +244,7 @@ def rasterize(annotation: ImageAnnotation, label_map: LabelMap, width: int, heig
         patch, (x0, y0) = region
         view = mask[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]]
         view[patch] = value
-    return Raster(mask=mask, notices=notices, unknown_labels=unknown)
+    return Raster(mask=mask, notices=notices, unknown_labels=unknown, known_shapes=known)
 
 
 def rasterize_instances(

@@ -161,6 +161,9 @@ class ProblemKind(StrEnum):
     ANNOTATION = "annotation"
     MISSING_IMAGE = "missing-image"
     UNKNOWN_LABEL = "unknown-label"
+    ONLY_UNKNOWN_LABELS = "only-unknown-labels"  # an image whose every shape is unknown: no label
+    PSEUDO_LABEL = "pseudo-label"  # a machine label that came back from an export
+    STALE_LABEL = "stale-label"  # exported content older than the image's human label
     # review import
     UNKNOWN_IMAGE = "unknown-image"
     NOT_IN_REVIEW = "not-in-review"

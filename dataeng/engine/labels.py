@@ -12,6 +12,9 @@ their rules cannot drift apart:
   teachers), and **is never written on a human-labelled, val or test image**.
 - **A stale correction is refused**: a correction of an export whose image got a newer
   human label after the export (:func:`stale_human_label`).
+- **What dataeng exported comes back as what it was** (:func:`import_refusal`): a
+  pseudo-label in an ``export labels`` output is never ingested as a human label, and an
+  exported human label never replaces a newer human label of its image.
 
 Files are written under the label's id before the row is committed with the caller's
 transaction, so a crash leaves at worst an orphan file.
@@ -29,7 +32,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from dataeng.db.schema import Image, Label
+from dataeng.db.schema import Image, Label, ProblemKind
 from dataeng.errors import RegistryError
 from dataeng.storage import atomic_write_bytes
 from dataeng.workspace import Workspace
@@ -211,3 +214,68 @@ def add_pseudo_labels(workspace: Workspace, session: Session, drafts: Sequence[P
         d.staged_conf.unlink(missing_ok=True)
     accepted = sum(1 for d in keep if d.accepted)
     return PseudoOutcome(accepted, len(keep) - accepted, superseded, skipped)
+
+
+# ---------------------------------------------------------------- labels coming back from an export
+@dataclass(frozen=True)
+class ExportedLabel:
+    """What ``dataeng export labels`` wrote about a label (the formats' ``meta["provenance"]``:
+    Labelme's ``dataeng`` key, CVAT ``dataeng_*`` attributes, COCO ``dataeng``, Supervisely
+    tags, mask folders' ``dataeng.json``); values may come back as text."""
+
+    origin: str | None
+    label_id: int | None
+    run_id: int | None
+
+    @classmethod
+    def parse(cls, provenance: object) -> ExportedLabel | None:
+        """None when there is no provenance (the file was not written by dataeng)."""
+        if not isinstance(provenance, dict) or not provenance:
+            return None
+        origin = provenance.get("origin")
+        return cls(str(origin) if origin not in (None, "") else None, _as_int(provenance.get("label_id")),
+                   _as_int(provenance.get("run_id")))
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def import_refusal(session: Session, image_id: int, exported: ExportedLabel | None
+                   ) -> tuple[ProblemKind, RegistryError] | None:
+    """Why an annotation dataeng exported must not become the image's human label (the problem's
+    kind and message), or None.
+
+    - A pseudo-label (``origin`` pseudo) is a machine's guess: ingesting it as a human label
+      would make the guess ground truth and let it supersede human corrections.
+    - A human label exported from this registry (its ``label_id`` is a label of this image)
+      is older than any human label the image got since: importing it again never
+      replaces that newer label.
+    """
+    if exported is None:
+        return None
+    if exported.origin == "pseudo":
+        teacher = f", teacher run {exported.run_id}" if exported.run_id is not None else ""
+        message = (f"a pseudo-label exported by dataeng (label {exported.label_id}{teacher}) is not ingested as a "
+                   "human label; correct it through `dataeng review export` and `dataeng review import`")
+        return ProblemKind.PSEUDO_LABEL, RegistryError(message, field="dataeng.origin", value="pseudo")
+    if exported.label_id is None:
+        return None
+    own = session.get(Label, exported.label_id)
+    if own is None or own.image_id != image_id:
+        return None  # exported from another registry: an ordinary human annotation
+    newer = session.scalar(select(func.max(Label.id)).where(
+        Label.image_id == image_id, Label.origin == "human", Label.status.in_(LIVE_STATUSES),
+        Label.id > exported.label_id))
+    if newer is None:
+        return None
+    message = (f"exported from label {exported.label_id}, but image {image_id} has a newer human label {newer}; "
+               "older content never replaces it")
+    return ProblemKind.STALE_LABEL, RegistryError(message, field="dataeng.label_id", value=exported.label_id)
+

@@ -129,9 +129,15 @@ def test_holes_show_what_lies_beneath() -> None:
     assert (mask[7:13, 7:13] == 2).all() and mask[3, 3] == 1
 
 
-def test_unknown_labels_reported_not_drawn() -> None:
+def test_unknown_labels_are_reported_and_drawn_as_ignore() -> None:
     raster = rasterize(_ann(Shape("car", "rectangle", ((0, 0), (4, 4)))), LM, 8, 8)
-    assert raster.unknown_labels == {"car"} and not raster.mask.any()
+    assert raster.unknown_labels == {"car"} and raster.only_unknown
+    assert (raster.mask[:4, :4] == IGNORE_INDEX).all() and not raster.mask[4:, :].any()
+    mixed = rasterize(_ann(Shape("car", "rectangle", ((0, 0), (4, 4))),
+                           Shape("person", "rectangle", ((2, 2), (6, 6)))), LM, 8, 8)
+    assert not mixed.only_unknown and mixed.known_shapes == 1
+    assert mixed.mask[0, 0] == IGNORE_INDEX and (mixed.mask[2:6, 2:6] == 1).all()
+    assert not rasterize(_ann(), LM, 8, 8).only_unknown  # an empty annotation: a real "no person" label
 
 
 def test_scale_shapes_airo_declared_size(fixtures: Path) -> None:

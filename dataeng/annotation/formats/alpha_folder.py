@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataeng.annotation.formats.paired_folders import label_folder, pairs, write_pairs
+from dataeng.annotation.formats.paired_folders import label_folder, pairs, read_provenance, write_pairs
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.masks import read_alpha, write_alpha
 from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX, ExportRecord, ImageAnnotation, LabelMap
@@ -49,6 +49,7 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
         raise AnnotationError("expected a folder of alpha mattes", path=path)
     root = root if root is not None else folder.parent
     result = ReadResult()
+    provenance = read_provenance(folder)
     for name, label, image in pairs(folder, root):
         try:
             alpha = read_alpha(label)
@@ -56,7 +57,8 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
             result.problems.append(e)
             continue
         height, width = alpha.shape
-        result.items.append(ImageAnnotation(name, image, width, height, (), NAME, label, alpha=alpha))
+        meta = {"provenance": provenance[name]} if name in provenance else {}
+        result.items.append(ImageAnnotation(name, image, width, height, (), NAME, label, alpha=alpha, meta=meta))
     return result
 
 

@@ -218,7 +218,9 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
             result.problems.append(e)
             continue
         result.notices.extend(notices)
-        meta = {"id": image.get("id"), "coco_url": image.get("coco_url")}
+        meta: dict[str, Any] = {"id": image.get("id"), "coco_url": image.get("coco_url")}
+        if isinstance(image.get("dataeng"), dict):
+            meta["provenance"] = image["dataeng"]
         result.items.append(ImageAnnotation(name, image_path, width, height, tuple(shapes), NAME, path, meta=meta))
     return result
 

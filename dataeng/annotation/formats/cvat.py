@@ -36,6 +36,7 @@ from dataeng.annotation.formats.export import (
     class_regions,
     copy_image,
     flat_draw_items,
+    provenance_from_named,
     safe_relative,
 )
 from dataeng.annotation.formats.result import ReadResult
@@ -214,6 +215,9 @@ def _read_image(el: Element, index: int, path: Path, root: Path, notices: list[s
         else:
             notices.append(f"{path}: {where} ({name}) unknown element <{child.tag}>; skipped")
     meta: dict[str, Any] = {"id": el.get("id"), "subset": subset, "task_id": el.get("task_id"), "tags": tags}
+    provenance = provenance_from_named(item for s in shapes for item in s.attributes.get("attributes", {}).items())
+    if provenance:
+        meta["provenance"] = provenance
     return ImageAnnotation(name, image_path, width, height, tuple(shapes), NAME, path, meta=meta)
 
 

@@ -8,6 +8,7 @@ format, so that reading the export back restores IGNORE_INDEX.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,13 @@ def safe_relative(name: str) -> Path:
     if candidate.is_absolute() or ".." in candidate.parts or not candidate.parts:
         raise ValueError(f"image name {name!r} must be a relative path inside the export")
     return candidate
+
+
+PROVENANCE_PREFIX = "dataeng_"
+"""Attribute (CVAT) and tag (Supervisely) names that carry dataeng's provenance: ``dataeng_<key>``."""
+
+
+def provenance_from_named(values: Iterable[tuple[str, object]]) -> dict[str, object]:
+    """The provenance among ``(name, value)`` pairs: ``dataeng_<key>`` names, prefix removed."""
+    return {name[len(PROVENANCE_PREFIX):]: value for name, value in values if name.startswith(PROVENANCE_PREFIX)}
+

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dataeng.annotation.formats.paired_folders import label_folder, pairs, write_pairs
+from dataeng.annotation.formats.paired_folders import label_folder, pairs, read_provenance, write_pairs
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.masks import write_palette_mask
 from dataeng.annotation.rle import crop_to_content
@@ -126,6 +126,7 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
         raise AnnotationError("expected a folder of masks", path=path)
     root = root if root is not None else folder.parent
     result = ReadResult()
+    provenance = read_provenance(folder)
     for name, label, image in pairs(folder, root):
         try:
             mask, rule = classify(label)
@@ -137,7 +138,10 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
                 f"{label}: more than {MAX_CLASS_VALUES} grey levels; read as class 1 where >= {SOFT_THRESHOLD}"
             )
         height, width = mask.shape
-        item = ImageAnnotation(name, image, width, height, _shapes(mask), NAME, label, meta={"mask_rule": rule})
+        meta: dict[str, object] = {"mask_rule": rule}
+        if name in provenance:
+            meta["provenance"] = provenance[name]
+        item = ImageAnnotation(name, image, width, height, _shapes(mask), NAME, label, meta=meta)
         result.items.append(item)
     return result
 

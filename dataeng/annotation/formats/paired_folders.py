@@ -19,6 +19,7 @@ from dataeng.annotation.types import ExportRecord, LabelMap
 IMAGE_FOLDER = "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+PROVENANCE_FILE = "dataeng.json"
 
 
 def label_folder(path: Path, names: tuple[str, ...], explicit: bool = False) -> Path | None:
@@ -62,6 +63,17 @@ def pairs(folder: Path, root: Path) -> list[tuple[str, Path, Path | None]]:
     return found
 
 
+def read_provenance(folder: Path) -> dict[str, dict[str, object]]:
+    """Image name -> the provenance ``write_pairs`` left in the dataset's ``dataeng.json`` ({} when
+    there is none or it is unreadable: provenance only ever restricts what an import may do)."""
+    path = folder.parent / PROVENANCE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
 def write_pairs(
     out: Path,
     records: list[ExportRecord],
@@ -89,6 +101,6 @@ def write_pairs(
             provenance[rel.as_posix()] = record.meta
         written.append(path)
     if provenance:
-        atomic_write_text(out / "dataeng.json", json.dumps(provenance, indent=2, default=str))
-        written.append(out / "dataeng.json")
+        atomic_write_text(out / PROVENANCE_FILE, json.dumps(provenance, indent=2, default=str))
+        written.append(out / PROVENANCE_FILE)
     return written

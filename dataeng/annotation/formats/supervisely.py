@@ -31,6 +31,7 @@ from dataeng.annotation.formats.export import (
     class_regions,
     copy_image,
     polygons_by_class,
+    provenance_from_named,
     safe_relative,
 )
 from dataeng.annotation.formats.result import ReadResult
@@ -158,7 +159,12 @@ def read_file(path: Path, root: Path) -> tuple[ImageAnnotation, list[str]]:
     rel = path.relative_to(ann_dir).as_posix()
     name = rel[: -len(".json")]
     image_path = resolve_inside(root, ann_dir.parent / "img", name, path=path, field="file name")
-    meta = {"tags": data.get("tags", []), "description": data.get("description", "")}
+    tags = data.get("tags", [])
+    meta: dict[str, Any] = {"tags": tags, "description": data.get("description", "")}
+    provenance = provenance_from_named((str(t.get("name", "")), t.get("value"))
+                                       for t in (tags if isinstance(tags, list) else []) if isinstance(t, dict))
+    if provenance:
+        meta["provenance"] = provenance
     item = ImageAnnotation(
         name,
         image_path if image_path.is_file() else None,

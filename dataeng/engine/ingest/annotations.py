@@ -32,8 +32,8 @@ from dataeng.annotation.masks import encode_png, to_uint8_alpha
 from dataeng.annotation.rasterize import rasterize, scale_shapes
 from dataeng.annotation.types import LabelMap
 from dataeng.db.schema import Image, Problem, ProblemKind
-from dataeng.engine.labels import EncodedLabel, add_human_label
-from dataeng.errors import AnnotationError, DataEngError
+from dataeng.engine.labels import EncodedLabel, ExportedLabel, add_human_label, import_refusal
+from dataeng.errors import AnnotationError, DataEngError, RegistryError
 from dataeng.progress import NullProgress, Progress
 from dataeng.workspace import Workspace
 
@@ -131,9 +131,18 @@ def image_files_of(items: list[tuple[str, object]]) -> list[Path]:
     return out
 
 
-def _render(
-    job: tuple[list[object], list[str], dict[str, str], int, int],
-) -> tuple[bytes, bytes | None, list[str], list[str]]:
+@dataclass(frozen=True)
+class _Rendered:
+    """One image's annotations drawn and encoded by a worker."""
+
+    mask_png: bytes
+    alpha_png: bytes | None
+    notices: list[str]
+    unknown: list[str]
+    only_unknown: bool
+
+
+def _render(job: tuple[list[object], list[str], dict[str, str], int, int]) -> _Rendered:
     """Worker: rasterise one image's annotations and encode the PNGs."""
     annotations, classes, aliases, width, height = job
     label_map = LabelMap(classes, aliases)
@@ -155,7 +164,8 @@ def _render(
             alpha = cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR)
             notices.append(f"alpha matte resized to the image size {width}x{height}")
         alpha_png = encode_png(to_uint8_alpha(np.asarray(alpha)))
-    return encode_png(raster.mask), alpha_png, notices, sorted(raster.unknown_labels)
+    only_unknown = raster.only_unknown and alpha_ann is None
+    return _Rendered(encode_png(raster.mask), alpha_png, notices, sorted(raster.unknown_labels), only_unknown)
 
 
 def register_labels(
@@ -209,17 +219,17 @@ def register_labels(
     pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 and len(jobs) >= 16 else None
     try:
         results = pool.map(_render, jobs, chunksize=8) if pool is not None else map(_render, jobs)
-        for k, (image_id, (mask_png, alpha_png, notices, unknown)) in enumerate(zip(ids, results, strict=True)):
+        for k, (image_id, rendered) in enumerate(zip(ids, results, strict=True)):
             name, first = by_image[image_id][0]
             ann_path = str(getattr(first, "annotation_path", ""))
-            summary.notices += [f"{ann_path}: {n}" for n in notices]
+            summary.notices += [f"{ann_path}: {n}" for n in rendered.notices]
             if len(by_image[image_id]) > 1 and len({n for n, _ in by_image[image_id]} - {"alpha_folder"}) >= 1:
                 others = [str(getattr(a, "annotation_path", "")) for _, a in by_image[image_id][1:]]
                 summary.notices.append(
                     f"{ann_path}: image {image_id} is also annotated by {', '.join(others)}; "
                     "the first annotation (by path) is used"
                 )
-            for label in unknown:
+            for label in rendered.unknown:
                 if label not in unknown_seen:
                     unknown_seen.add(label)
                     _problem(
@@ -230,8 +240,15 @@ def register_labels(
                         ProblemKind.UNKNOWN_LABEL,
                         "label",
                         label,
-                        f"label not in classes {cfg.classes} or aliases; skipped (add an alias to map it)",
+                        f"label not in classes {cfg.classes} or aliases; its pixels are ignore (add an alias "
+                        "to map it)",
                     )
+            refusal = _refusal(session, image_id, by_image[image_id], rendered)
+            if refusal is not None:
+                kind, error = refusal
+                _problem(session, batch_id, summary, ann_path, kind, error.field, error.value, error.reason)
+                progress.advance()
+                continue
             sources = sorted({SOURCE_OF_FORMAT[n] for n, _ in by_image[image_id]})
             source = next((s for s in sources if s != "alpha"), sources[0])
             meta = {
@@ -242,7 +259,7 @@ def register_labels(
                 workspace,
                 session,
                 image_id,
-                EncodedLabel.from_png(mask_png, alpha_png),
+                EncodedLabel.from_png(rendered.mask_png, rendered.alpha_png),
                 source=source,
                 annotation_path=ann_path,
                 meta=meta,
@@ -259,6 +276,18 @@ def register_labels(
         if pool is not None:
             pool.shutdown()
     session.commit()
+
+
+def _refusal(session: Session, image_id: int, annotations: list[tuple[str, object]], rendered: _Rendered
+             ) -> tuple[ProblemKind, RegistryError] | None:
+    """Why this image gets no human label from these annotations, or None."""
+    if rendered.only_unknown:
+        return ProblemKind.ONLY_UNKNOWN_LABELS, RegistryError(
+            "every shape's label is unknown; no label registered (an all-ignore mask teaches nothing)",
+            field="shapes.label", value=", ".join(rendered.unknown))
+    provenance = next((getattr(a, "meta", {}).get("provenance") for _, a in annotations
+                       if getattr(a, "meta", {}).get("provenance")), None)
+    return import_refusal(session, image_id, ExportedLabel.parse(provenance))
 
 
 def record_problems(session: Session, batch_id: int, problems: list[DataEngError], summary: LabelSummary) -> None:

@@ -10,7 +10,8 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from dataeng.annotation.masks import encode_png, read_alpha, read_mask
-from dataeng.db.schema import Image, Label, Problem
+from dataeng.annotation.types import IGNORE_INDEX
+from dataeng.db.schema import Image, Label, Problem, ProblemKind
 from dataeng.engine.export_labels import export_labels
 from dataeng.engine.ingest.ingest import ingest
 from dataeng.engine.labels import EncodedLabel, add_human_label
@@ -72,13 +73,16 @@ def test_cvat_project_with_missing_photos(workspace: Workspace, shared_fixtures:
     with ws.session() as s:
         summary = ingest(ws, s, [xml, *sorted(xml.parent.glob("*.jpg"))])
         problems = s.scalars(select(Problem)).all()
-    assert summary.labels.labels_added == 2
+    # The third annotated photo holds only CAR and ROAD_SURFACE: no label, not an all-background one.
+    assert summary.labels.labels_added == 1
+    only_unknown = [p for p in problems if p.kind == ProblemKind.ONLY_UNKNOWN_LABELS]
+    assert len(only_unknown) == 1 and "CAR" in (only_unknown[0].value or "")
     missing = [p for p in problems if p.kind == "missing-image"]
     assert len(missing) == 18 and all(p.path == str(xml) for p in missing)
     unknown = sorted(p.value for p in problems if p.kind == "unknown-label")
     assert unknown == sorted(set(unknown)) and "CAR" in unknown  # reported once per label
     masks = [mask for mask, _, _ in _labels(ws).values()]
-    assert all(set(np.unique(m)) <= {0, 1} for m in masks) and any(m.any() for m in masks)
+    assert all(set(np.unique(m)) <= {0, 1, IGNORE_INDEX} for m in masks) and any((m == 1).any() for m in masks)
 
 
 def test_human_label_supersedes_pseudo_and_older_human(workspace: Workspace, synth_dir: Path) -> None:
