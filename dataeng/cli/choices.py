@@ -67,6 +67,17 @@ class LabelFormat(StrEnum):
     masks = "masks"
 
 
+class IngestFormat(StrEnum):
+    """Annotation formats ``dataeng ingest --format`` reads (default: detected per file)."""
+
+    labelme = "labelme"
+    cvat = "cvat"
+    coco = "coco"
+    supervisely = "supervisely"
+    mask_folder = "mask_folder"
+    alpha_folder = "alpha_folder"
+
+
 class ReviewFormat(StrEnum):
     """Annotation tools of ``dataeng review export``."""
 

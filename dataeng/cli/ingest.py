@@ -16,6 +16,7 @@ from dataeng.cli.app import (
     print_json,
     print_refused,
 )
+from dataeng.cli.choices import IngestFormat, value
 from dataeng.cli.tables import ingest_table
 
 
@@ -25,6 +26,8 @@ def ingest(
     workspace: WorkspaceOption = None,
     workers: Annotated[int | None, typer.Option(help="Processes for decoding (default: one per core).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first refused input.")] = False,
+    fmt: Annotated[IngestFormat | None, typer.Option("--format", help="Read every annotation as this format "
+                                                     "(default: detected per file).")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Register images: dedup by sha256, near-duplicate groups by pHash, stable 7:2:1 splits."""
@@ -35,12 +38,14 @@ def ingest(
         ws = open_workspace(workspace)
         with ws.session() as session:
             if json_out:
-                summary = run_ingest(ws, session, paths, workers=workers, strict=strict, progress=NullProgress())
+                summary = run_ingest(ws, session, paths, workers=workers, strict=strict, fmt=value(fmt),
+                                     progress=NullProgress())
             else:
                 with rich_progress("img") as progress:
-                    summary = run_ingest(ws, session, paths, workers=workers, strict=strict, progress=progress)
+                    summary = run_ingest(ws, session, paths, workers=workers, strict=strict, fmt=value(fmt),
+                                         progress=progress)
         if json_out:
             print_json(summary.to_dict())
             return
         console.print(ingest_table(summary))
-        print_refused(summary.problems)
+        print_refused(summary.problems + summary.labels.problems)

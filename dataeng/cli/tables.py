@@ -51,6 +51,9 @@ def ingest_table(summary: Any) -> Table:
     table = Table(title=f"ingest batch {summary.batch_id}", show_header=False)
     for key in ("scanned", "added", "duplicates", "near_duplicates", "refused"):
         table.add_row(key.replace("_", "-"), str(getattr(summary, key)))
+    labels = summary.labels
+    table.add_row("labels added", str(labels.labels_added))
+    table.add_row("annotations refused", str(labels.refused))
     for split, n in summary.per_split.items():
         table.add_row(f"added to {split}", str(n))
     return table

@@ -70,7 +70,7 @@ def test_help_lists_the_choices(args: list[str], metavar: str) -> None:
 
 def test_choices_are_str_enums() -> None:
     enums = [v for v in vars(c).values() if isinstance(v, type) and issubclass(v, Enum) and v.__module__ == c.__name__]
-    assert len(enums) == 11
+    assert len(enums) == 12
     for enum in enums:
         assert issubclass(enum, str) and all(member.value == member.name for member in enum), enum
 
@@ -80,6 +80,7 @@ def _literal(tp: object) -> set[str]:
 
 
 def test_choices_match_what_the_engine_accepts() -> None:
+    from dataeng.annotation import formats
     from dataeng.config import PseudolabelConfig, TrainConfig
     from dataeng.engine.export_labels import FORMAT_NAMES
     from dataeng.engine.review.items import Queue, ReviewFormat
@@ -90,6 +91,7 @@ def test_choices_match_what_the_engine_accepts() -> None:
     assert {e.value for e in c.Loss} == _literal(fields["loss"].annotation)
     assert {e.value for e in c.Tta} == _literal(fields["pseudolabel.tta"].annotation)
     assert {e.value for e in c.LabelFormat} == set(FORMAT_NAMES)
+    assert {e.value for e in c.IngestFormat} == set(formats.FORMATS)
     assert {e.value for e in c.ReviewFormat} == _literal(ReviewFormat)
     assert {e.value for e in c.Queue} == _literal(Queue)
     assert {e.value for e in c.OutputKind} == _literal(OutputKind)

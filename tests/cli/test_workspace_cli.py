@@ -151,3 +151,18 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     assert code == 0 and "Usage" in out
     # a one-line summary for every command, not just the bare usage
     assert len(out.strip().splitlines()) > 3
+
+
+def test_ingest_prints_annotation_problems_and_takes_a_format(ws_root: Path, tmp_path: Path) -> None:
+    src = tmp_path / "lm"
+    random_image(src / "cars.png", seed=3)
+    doc = {"version": "5.4.1", "flags": {}, "imagePath": "cars.png", "imageData": None, "imageHeight": 40,
+           "imageWidth": 48, "shapes": [{"label": "car", "points": [[0, 0], [9, 9]], "shape_type": "rectangle",
+                                         "group_id": None, "flags": {}}]}
+    (src / "cars.json").write_text(json.dumps(doc), encoding="utf-8")
+    code, out = _invoke("ingest", str(src), "--workspace", str(ws_root), "--workers", "1", "--format", "labelme")
+    assert code == 0, out
+    assert "every shape's label is unknown" in out and "label not in classes" in out
+    assert "annotations refused" in out
+    code, out = _invoke("ingest", str(src), "--workspace", str(ws_root), "--format", "pascal")
+    assert code == 2 and "labelme" in out
