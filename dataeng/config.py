@@ -12,15 +12,20 @@ Example::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dataeng.annotation.types import BACKGROUND_LABELS, IGNORE_LABEL
 from dataeng.errors import ConfigError
 
 CONFIG_FILE = "dataeng.toml"
+
+RESERVED_LABELS = (IGNORE_LABEL, *BACKGROUND_LABELS)
+"""Label names with a fixed meaning in every format: never a class or an alias."""
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
@@ -38,7 +43,7 @@ class SplitConfig(_Section):
     @field_validator("ratios")
     @classmethod
     def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+        if any(not math.isfinite(r) or r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"split ratios must be >= 0 and sum to 1, got {list(v)}")
         return v
 
@@ -127,11 +132,17 @@ class Config(_Section):
             raise ValueError("at most 254 classes fit a uint8 mask")
         if any(not c.strip() for c in v):
             raise ValueError("class names must not be empty")
+        reserved = [c for c in v if c in RESERVED_LABELS]
+        if reserved:
+            raise ValueError(f"{reserved[0]!r} is a reserved label name ({', '.join(RESERVED_LABELS)}: ignore and "
+                             "background), not a class")
         return v
 
     @model_validator(mode="after")
     def _aliases_target_classes(self) -> Config:
         for alias, target in self.aliases.items():
+            if alias in RESERVED_LABELS:
+                raise ValueError(f"alias {alias!r} is a reserved label name ({', '.join(RESERVED_LABELS)})")
             if target not in self.classes:
                 raise ValueError(f"alias {alias!r} points at {target!r}, which is not in classes {self.classes}")
         return self
@@ -198,6 +209,8 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError("config file not found", path=path) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})", path=path) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}", path=path) from e
     return parse_config(data, str(path))

@@ -26,6 +26,10 @@ def test_defaults_round_trip_through_toml(tmp_path: Path) -> None:
         ({"classes": []}, r"classes.*at least one class"),
         ({"classes": ["person"], "aliases": {"PED": "car"}}, r"alias 'PED' points at 'car'"),
         ({"pseudolabel": {"pixel_threshold": 1.5}}, r"pseudolabel.pixel_threshold"),
+        ({"split": {"ratios": [0.7, 0.2, float("nan")]}}, r"split.ratios.*must be >= 0 and sum to 1"),
+        ({"classes": ["person", "__ignore__"]}, r"classes.*'__ignore__' is a reserved label name"),
+        ({"classes": ["_background_"]}, r"classes.*'_background_' is a reserved label name"),
+        ({"aliases": {"background": "person"}}, r"alias 'background' is a reserved label name"),
     ],
 )
 def test_invalid_config_is_refused_naming_the_key(data: dict, match: str) -> None:
@@ -49,3 +53,11 @@ def test_train_keys_of_the_toml_reach_every_run(tmp_path: Path) -> None:
     assert resolve_options(config.train, {"encoder_depth": 4}).encoder_depth == 4  # the CLI still overrides
     with pytest.raises(ConfigError, match="encoder_depth"):
         parse_config({"train": {"encoder_depth": 6}})
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "dataeng.toml"
+    path.write_bytes(b'classes = ["caf\xe9"]\n')
+    with pytest.raises(ConfigError, match=r"dataeng.toml: not UTF-8 text \(byte 15"):
+        load_config(path)
+

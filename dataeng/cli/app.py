@@ -46,6 +46,20 @@ app.add_typer(review_app, name="review")
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
+
+def _print_version(show: bool) -> None:
+    if show:
+        from dataeng import __version__
+
+        console.print(f"dataeng {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Grow a portrait segmentation dataset: ingest, train, pseudo-label, review, report."""
+
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option("--workspace", "-w", help="Workspace folder (default: $DATAENG_WORKSPACE or search upward)."),

@@ -166,3 +166,10 @@ def test_ingest_prints_annotation_problems_and_takes_a_format(ws_root: Path, tmp
     assert "annotations refused" in out
     code, out = _invoke("ingest", str(src), "--workspace", str(ws_root), "--format", "pascal")
     assert code == 2 and "labelme" in out
+
+
+def test_version() -> None:
+    from dataeng import __version__
+
+    code, out = _invoke("--version")
+    assert code == 0 and out.strip() == f"dataeng {__version__}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -89,6 +90,7 @@ def external_mask(mask: np.ndarray) -> np.ndarray:
 
 def train_transform(image_size: tuple[int, int], strong: bool = False, augment: bool = True) -> Any:
     """The training augmentation (see module docstring); ``strong`` adds Noisy-Student noise."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network: albumentations' version check
     import albumentations as A
     import cv2
 

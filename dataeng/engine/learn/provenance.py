@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Iterable
 from functools import lru_cache
@@ -15,11 +16,19 @@ from dataeng.storage import file_sha256
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """``<package version>+<git describe>`` when run from a git checkout, else the version."""
+    """``<package version>+<git describe>`` when run from a git checkout, else the version.
+
+    The lookup is read-only: ``GIT_OPTIONAL_LOCKS=0`` keeps git from refreshing the index
+    (which takes ``.git/index.lock`` and would write into the source tree), and a package
+    installed outside a checkout never asks an enclosing repository.
+    """
     repo = Path(__file__).resolve().parents[3]
+    if not (repo / ".git").exists():
+        return __version__
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=repo, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
+                             text=True, timeout=5, check=True,
+                             env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"}).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+{out}"[:64] if out else __version__

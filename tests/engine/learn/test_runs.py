@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,29 @@ def test_overrides_merge_nested_sections_and_name_the_bad_key() -> None:
         with_overrides(PseudolabelConfig, PseudolabelConfig(), {"accept": {"min_stability": 2}}, "pseudolabel")
     with pytest.raises(ConfigError, match=r"pseudolabel\.tresh.*unknown option"):
         with_overrides(PseudolabelConfig, PseudolabelConfig(), {"tresh": 1}, "pseudolabel")
+
+
+def test_the_code_version_lookup_takes_no_git_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from dataeng.engine.learn import provenance
+
+    seen: dict[str, str] = {}
+
+    def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        env = kwargs.get("env")
+        assert isinstance(env, dict)
+        seen.update(env)
+        return subprocess.CompletedProcess(args, 0, "abc1234-dirty\n", "")
+
+    monkeypatch.setattr(provenance.subprocess, "run", run)
+    version = provenance.code_version.__wrapped__()
+    assert version.endswith("+abc1234-dirty") and seen["GIT_OPTIONAL_LOCKS"] == "0"
+
+
+def test_training_never_asks_the_network_for_albumentations_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataeng.engine.learn.data import train_transform
+
+    monkeypatch.delenv("NO_ALBUMENTATIONS_UPDATE", raising=False)
+    train_transform((32, 32))
+    assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
