@@ -8,11 +8,12 @@ pseudo-label points at its teacher). Inference goes through :mod:`dataeng.models
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dataeng.engine.learn.runs import RunRef, resolve_run
 from dataeng.errors import ModelError
-from dataeng.models.checkpoint import load_checkpoint
+from dataeng.models.checkpoint import load_checkpoint, model_from_checkpoint
 from dataeng.models.inference import TorchPredictor
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from dataeng.models.checkpoint import Checkpoint
-    from dataeng.models.inference import TorchPredictor
     from dataeng.workspace import Workspace
 
 
@@ -54,16 +54,28 @@ def resolve_teacher(workspace: Workspace, session: Session, ref: RunRef | None =
             dataeng checkpoint (refused without unpickling), or a checkpoint made for
             other classes or an architecture its weights do not fit.
     """
-    run = resolve_run(workspace, session, ref or RunRef("best"), field="teacher")
+    ref = ref or RunRef("best")
+    if ref.kind == "file" and ref.path is not None and ref.path.is_file():
+        # A file from outside is checked before it is registered (and copied): a refused file
+        # leaves no imported run behind, and the message names the user's file, not a copy.
+        outside = load_checkpoint(ref.path)
+        _check_classes(workspace, outside, ref.path)
+        model_from_checkpoint(outside)  # the weights must fit the architecture it names
+    run = resolve_run(workspace, session, ref, field="teacher")
     path = workspace.root / str(run.checkpoint_path)
     ckpt = load_checkpoint(path)
-    classes = list(workspace.config.classes)
-    if list(ckpt.meta["classes"]) != classes:
-        raise ModelError(f"teacher was trained on classes {list(ckpt.meta['classes'])}, this workspace has "
-                         f"{classes}", path=path, field="classes", value=list(ckpt.meta["classes"]))
+    _check_classes(workspace, ckpt, path)
     for key in ("arch", "encoder"):
         want = (run.config or {}).get(key)
         if want is not None and want != ckpt.meta[key]:
             raise ModelError(f"checkpoint says {key}={ckpt.meta[key]!r} but its run was {want!r}", path=path,
                              field=key, value=ckpt.meta[key])
     return Teacher(run.id, ckpt, run.round)
+
+
+def _check_classes(workspace: Workspace, ckpt: Checkpoint, path: Path) -> None:
+    classes = list(workspace.config.classes)
+    if list(ckpt.meta["classes"]) != classes:
+        raise ModelError(f"teacher was trained on classes {list(ckpt.meta['classes'])}, this workspace has "
+                         f"{classes}", path=path, field="classes", value=list(ckpt.meta["classes"]))
+

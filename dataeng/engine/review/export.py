@@ -61,7 +61,6 @@ from dataeng.storage import link_or_copy
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from dataeng.annotation.types import LabelMap
     from dataeng.workspace import Workspace
 
 DEFAULT_LIMIT = 50

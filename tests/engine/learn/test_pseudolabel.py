@@ -191,9 +191,12 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 def test_bad_teacher_files_are_refused_clearly_without_unpickling(tmp_path: Path) -> None:
     ws, _ = make_workspace(tmp_path, n_train=2, n_val=0, n_test=0, labelled=False)
     for name, (path, message) in _bad_files(tmp_path).items():
-        with ws.session() as s, pytest.raises(ModelError, match=message):
+        with ws.session() as s, pytest.raises(ModelError, match=message) as refused:
             pseudolabel(ws, s, RunRef.parse(path), device="cpu", num_workers=0)
         assert not (tmp_path / "unpickled").exists(), name
+        assert refused.value.path == str(path), name  # the user's file, not a copy in runs/
+        with ws.session() as s:
+            assert s.scalars(select(Run)).all() == [], name  # refused before anything is registered
     assert _labels(ws) == []
     with ws.session() as s, pytest.raises(ModelError, match="no finished train run"):
         pseudolabel(ws, s, device="cpu", num_workers=0)
