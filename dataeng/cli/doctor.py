@@ -27,7 +27,7 @@ def doctor(
             print_json(report.to_dict())
         else:
             _print_report(report)
-        if report.missing or report.corrupt:
+        if not report.healthy:  # scripts and CI can trust the exit code
             raise typer.Exit(1)
 
 

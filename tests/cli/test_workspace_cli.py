@@ -87,9 +87,10 @@ def test_doctor_finds_missing_files_and_removes_orphans(ws_root: Path, tmp_path:
     orphan.write_bytes(b"x")
     code, out = _invoke("doctor", "-w", str(ws_root), "--json")
     report = json.loads(out)
-    assert code == 0 and report["orphans"] == ["store/images/zz/orphan.png"] and orphan.exists()
+    assert code == 1 and report["orphans"] == ["store/images/zz/orphan.png"] and orphan.exists()
     code, out = _invoke("doctor", "-w", str(ws_root), "--fix", "--json")
     assert json.loads(out)["removed"] == ["store/images/zz/orphan.png"] and not orphan.exists()
+    assert code == 0  # fixed: healthy
     stored = next((ws_root / "store" / "images").rglob("*.png"))
     stored.write_bytes(stored.read_bytes() + b"\0")
     code, out = _invoke("doctor", "-w", str(ws_root), "--json")
@@ -115,7 +116,7 @@ def test_doctor_closes_interrupted_runs_and_rounds(ws_root: Path) -> None:
     (staging / "7.mask.png").write_bytes(b"half")
     code, out = _invoke("doctor", "-w", str(ws_root), "--json", "--quick")
     report = json.loads(out)
-    assert code == 0 and len(report["interrupted"]) == 2 and report["closed"] == [] and not report["healthy"]
+    assert code == 1 and len(report["interrupted"]) == 2 and report["closed"] == [] and not report["healthy"]
     assert f"run {killed_id} (pseudolabel)" in report["interrupted"][0] and staging.exists()
     out = _invoke("doctor", "-w", str(ws_root), "--json", "--fix", "--quick")[1]
     report = json.loads(out)
