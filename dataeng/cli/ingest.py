@@ -12,6 +12,7 @@ from dataeng.cli.app import (
     app,
     cli_errors,
     console,
+    err_console,
     open_workspace,
     print_json,
     print_refused,
@@ -46,6 +47,10 @@ def ingest(
                                          progress=progress)
         if json_out:
             print_json(summary.to_dict())
-            return
-        console.print(ingest_table(summary))
-        print_refused(summary.problems + summary.labels.problems)
+        else:
+            console.print(ingest_table(summary))
+            print_refused(summary.problems + summary.labels.problems)
+    if summary.scanned == 0 and summary.labels.annotation_files == 0:
+        err_console.print("[red]error:[/red] nothing was read: no image or annotation file in "
+                          + ", ".join(paths), soft_wrap=True)
+        raise typer.Exit(1)

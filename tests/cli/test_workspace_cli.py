@@ -174,3 +174,11 @@ def test_version() -> None:
 
     code, out = _invoke("--version")
     assert code == 0 and out.strip() == f"dataeng {__version__}"
+
+
+def test_ingest_of_nothing_at_all_exits_1(ws_root: Path, tmp_path: Path) -> None:
+    code, out = _invoke("ingest", str(tmp_path / "no_such_folder"), "-w", str(ws_root))
+    assert code == 1 and "nothing was read" in out and "no such file or folder" in out
+    (tmp_path / "empty").mkdir()
+    assert _invoke("ingest", str(tmp_path / "empty"), "-w", str(ws_root), "--json")[0] == 1
+
