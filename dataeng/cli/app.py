@@ -76,16 +76,33 @@ SHOWN_PROBLEMS = 20  # beyond this many refused inputs, print a count
 
 
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn expected errors into one red line and exit 1 (exit 0 when there was nothing to do)."""
+def cli_errors(json_out: bool = False) -> Iterator[None]:
+    """Turn expected errors into one red line and exit 1 (exit 0 when there was nothing to do).
+
+    Under ``--json`` a command's output stays machine-readable: nothing to do is a JSON result
+    on stdout (``{"status": "nothing-to-do", "message": ...}``), an error is one JSON object
+    on stderr (``{"error": message, "path", "field", "value"}``).
+    """
     try:
         yield
     except NothingToDoError as e:
-        err_console.print(f"[yellow]{e}[/yellow]")
+        if json_out:
+            print_json({"status": "nothing-to-do", "message": one_line(str(e))})
+        else:
+            err_console.print(f"[yellow]{one_line(str(e))}[/yellow]")
         raise typer.Exit(0) from None
     except DataEngError as e:
-        err_console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        if json_out:
+            sys.stderr.write(json.dumps({"error": one_line(str(e)), "path": e.path, "field": e.field,
+                                         "value": None if e.value is None else str(e.value)}, default=str) + "\n")
+        else:
+            err_console.print(f"[red]error:[/red] {one_line(str(e))}", soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def one_line(text: str) -> str:
+    """A message as one line, whatever it quotes (a file name with a newline, say)."""
+    return " ".join(text.splitlines())
 
 
 def open_workspace(workspace: Path | None) -> Any:

@@ -19,7 +19,7 @@ def doctor(
     """Check every row's files exist with the right hash; find orphans and interrupted runs (--fix cleans up)."""
     from dataeng.engine.doctor import doctor as run_doctor
 
-    with cli_errors():
+    with cli_errors(json_out):
         ws = open_workspace(workspace)
         with ws.session() as session:
             report = run_doctor(ws, session, fix=fix, verify_hashes=not quick)

@@ -33,7 +33,7 @@ def evaluate_command(
     json_out: JsonOption = False,
 ) -> None:
     """Score a run's best checkpoint on a split or on a folder of images and masks."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.learn.evaluate import evaluate
         from dataeng.engine.learn.runs import RunRef
 

@@ -45,7 +45,7 @@ def export_model_command(
     json_out: JsonOption = False,
 ) -> None:
     """Export a train run's model to ONNX, checked against PyTorch (max logit difference <= 1e-4)."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.learn.runs import RunRef
         from dataeng.engine.serve.model_export import export_model
 

@@ -35,7 +35,7 @@ def ingest(
     from dataeng.engine.ingest.ingest import ingest as run_ingest
     from dataeng.progress import NullProgress, rich_progress
 
-    with cli_errors():
+    with cli_errors(json_out):
         ws = open_workspace(workspace)
         with ws.session() as session:
             if json_out:

@@ -50,7 +50,7 @@ def predict_command(
     json_out: JsonOption = False,
 ) -> None:
     """Predict person masks, soft alpha, cutouts or background replacements for any images."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.learn.runs import RunRef
         from dataeng.engine.serve.predict import PredictOptions, load_predictor
 

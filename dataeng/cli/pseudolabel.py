@@ -46,7 +46,7 @@ def pseudolabel_command(
     json_out: JsonOption = False,
 ) -> None:
     """Label the train images without a human label with the teacher; queue the uncertain ones."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.learn.pseudolabel import pseudolabel
         from dataeng.engine.learn.runs import RunRef
         from dataeng.progress import rich_progress

@@ -25,7 +25,7 @@ def report(
     """Write reports/report.html (self-contained) and report.json: dataset, growth, quality, galleries."""
     from dataeng.engine.report.build import build_report, write_report
 
-    with cli_errors():
+    with cli_errors(json_out):
         ws = open_workspace(workspace)
         with ws.session() as session:
             rep = build_report(ws, session, gallery=gallery)

@@ -40,7 +40,7 @@ def export_command(
     json_out: JsonOption = False,
 ) -> None:
     """Write the next images of a review queue, pre-filled, as Labelme files or a CVAT task export."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.review.export import export_review
         from dataeng.progress import rich_progress
 
@@ -69,7 +69,7 @@ def import_command(
     json_out: JsonOption = False,
 ) -> None:
     """Turn reviewed files into human labels (source review); untouched files stay in the queue."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.review.importing import import_review
         from dataeng.progress import rich_progress
 
@@ -102,7 +102,7 @@ def close_command(
     json_out: JsonOption = False,
 ) -> None:
     """Close a review whose remaining files will not come back; their images can be exported again."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.review.items import close_review, review_summary
 
         ws = open_workspace(workspace)

@@ -37,7 +37,7 @@ def round_command(
     json_out: JsonOption = False,
 ) -> None:
     """Pseudo-label, train a student on human + accepted labels, promote it if it beats the teacher on val."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.learn.rounds import run_rounds
         from dataeng.engine.learn.runs import RunRef
         from dataeng.progress import rich_progress

@@ -13,7 +13,7 @@ def status(workspace: WorkspaceOption = None, json_out: JsonOption = False) -> N
     """Counts by split, labels by origin and status, refused inputs, last runs and open reviews."""
     from dataeng.db.queries import status as query_status
 
-    with cli_errors():
+    with cli_errors(json_out):
         ws = open_workspace(workspace)
         with ws.session() as session:
             data = query_status(session)

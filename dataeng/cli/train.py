@@ -54,7 +54,7 @@ def train_command(
     json_out: JsonOption = False,
 ) -> None:
     """Train on the train split, pick the best epoch on val, test it once, register the run."""
-    with cli_errors():
+    with cli_errors(json_out):
         from dataeng.engine.learn.train import train
 
         ws = open_workspace(workspace)

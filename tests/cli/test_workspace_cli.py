@@ -182,3 +182,19 @@ def test_ingest_of_nothing_at_all_exits_1(ws_root: Path, tmp_path: Path) -> None
     (tmp_path / "empty").mkdir()
     assert _invoke("ingest", str(tmp_path / "empty"), "-w", str(ws_root), "--json")[0] == 1
 
+
+
+def test_json_mode_keeps_stdout_and_stderr_machine_readable(ws_root: Path) -> None:
+    result = runner.invoke(app, ["pseudolabel", "-w", str(ws_root), "--json"])  # no teacher, no images
+    assert result.exit_code == 1
+    error = json.loads(result.stderr)
+    assert error["field"] == "teacher" and "no finished train run" in error["error"] and result.stdout == ""
+    result = runner.invoke(app, ["review", "export", str(ws_root.parent / "out"), "-w", str(ws_root), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "nothing-to-do"
+
+
+def test_one_line_messages_even_for_file_names_with_a_newline() -> None:
+    from dataeng.cli.app import one_line
+
+    assert one_line("a\nb.jpg: not an image") == "a b.jpg: not an image"
