@@ -56,6 +56,42 @@ def encode_cvat_rle(patch: np.ndarray) -> list[int]:
     return [int(r) for r in runs]
 
 
+def coco_compressed_counts(text: bytes) -> list[int]:
+    """The run lengths of a compressed COCO RLE ``counts`` string (pycocotools' ``rleFrString``).
+
+    Written here so a string can be checked before it reaches pycocotools' C code, which
+    does not bound-check it. Each run is a little-endian series of 5-bit groups (ASCII 48 +
+    value, bit 0x20 = more groups, bit 0x10 of the last group = negative); from the third
+    run on, each is a difference to the run two before.
+
+    Raises:
+        ValueError: a character outside the alphabet, or a truncated run.
+    """
+    runs: list[int] = []
+    p = 0
+    while p < len(text):
+        value = shift = 0
+        more = True
+        while more:
+            if p >= len(text):
+                raise ValueError("truncated compressed RLE")
+            c = text[p] - 48
+            if not 0 <= c <= 63:
+                raise ValueError(f"invalid character {chr(text[p])!r} in compressed RLE")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if shift > 60:
+                raise ValueError("compressed RLE run too long")
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
 def decode_coco_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO segmentation (polygon list, uncompressed or compressed RLE) to bool HxW.
 
@@ -80,7 +116,11 @@ def decode_coco_segmentation(segmentation: Any, height: int, width: int) -> np.n
                 raise ValueError("uncompressed RLE counts do not sum to height*width")
             rle = coco_mask.frPyObjects(segmentation, height, width)
         elif isinstance(counts, str | bytes):
-            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+            text = counts.encode() if isinstance(counts, str) else counts
+            runs = coco_compressed_counts(text)  # checked here: pycocotools corrupts its heap on garbage
+            if any(r < 0 for r in runs) or sum(runs) != height * width:
+                raise ValueError("compressed RLE counts do not decode to height*width non-negative runs")
+            rle = {"size": size, "counts": text}
         else:
             raise ValueError(f"RLE counts of type {type(counts).__name__}")
     else:

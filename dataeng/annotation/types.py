@@ -6,6 +6,7 @@ IGNORE_INDEX and BACKGROUND are defined here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,19 @@ IGNORE_LABEL = "__ignore__"
 
 BACKGROUND_LABELS = ("_background_", "background")
 """Label names that map to BACKGROUND; writers use the first one for holes."""
+
+MAX_COORDINATE = 1_000_000.0
+"""Largest |x| or |y| (pixels) a shape may have. Far beyond any image PIL opens, and far below
+what overflows the native rasterisers (pycocotools crashes on 1e9 and beyond)."""
+
+MAX_BITMAP_PIXELS = 1 << 28
+"""Largest bitmap a shape may carry when its image's size is not declared (256 Mi pixels)."""
+
+
+def is_coordinate(value: object) -> bool:
+    """A number (not a bool) that is finite and within :data:`MAX_COORDINATE` of the origin."""
+    return (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+            and abs(value) <= MAX_COORDINATE)
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,7 @@ class ProblemKind(StrEnum):
     NOT_A_FILE = "not-a-file"
     UNREADABLE = "unreadable"
     EMPTY = "empty"
+    TOO_LARGE = "too-large"
     UNSUPPORTED_FORMAT = "unsupported-format"
     DECOMPRESSION_BOMB = "decompression-bomb"
     NOT_AN_IMAGE = "not-an-image"

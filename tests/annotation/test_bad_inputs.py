@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,11 @@ CVAT_CASES = [
     ("two points", '<polygon label="person" points="1,1;2,2"/>', "points", "at least 3"),
     ("box inf", '<box label="person" xtl="inf" ytl="0" xbr="2" ybr="2"/>', "xtl", "finite"),
     ("escaping name", "", "name", "escapes"),
+    ("rotation text", '<box label="person" xtl="1" ytl="1" xbr="3" ybr="3" rotation="abc"/>', "rotation", "finite"),
+    ("rotation nan", '<box label="person" xtl="1" ytl="1" xbr="3" ybr="3" rotation="nan"/>', "rotation", "finite"),
+    ("huge mask box", '<mask label="person" rle="10000000000" left="0" top="0" width="100000" height="100000"/>',
+     "width", "larger than its image 8x8"),
+    ("huge coordinate", '<polygon label="person" points="1,1;1e30,2;3,3"/>', "points", "coordinate bound"),
 ]
 
 
@@ -207,6 +213,11 @@ COCO_CASES = [
     ("rle sum mismatch", _coco({"size": [8, 8], "counts": [3, 2]}), "annotations[0].segmentation", "sum"),
     ("escaping file_name", _coco([[1, 1, 5, 1, 5, 5]], file_name="../../../x.jpg"), "images[0].file_name", "escapes"),
     ("bad size", _coco([[1, 1, 5, 1, 5, 5]], width="8"), "images[0]", "positive integer"),
+    ("huge polygon coordinate", _coco([[1, 1, 1e30, 1, 5, 5]]), "annotations[0].segmentation[0]", "finite"),
+    ("garbage compressed rle", _coco({"size": [8, 8], "counts": "\x7f\x7f~~}}"}), "annotations[0].segmentation",
+     "bad RLE"),
+    ("compressed rle of another size", _coco({"size": [8, 8], "counts": "04"}), "annotations[0].segmentation",
+     "height\\*width"),
 ]
 
 
@@ -252,3 +263,50 @@ def test_values_out_of_label_map_refused_by_writers(tmp_path: Path) -> None:
         labelme.write(tmp_path, [record], LabelMap(["person"]))
     with pytest.raises(ValueError, match="relative path"):
         labelme.write(tmp_path, [ExportRecord("../a.jpg", 4, 4, np.zeros((4, 4), np.uint8))], LabelMap(["person"]))
+
+
+@pytest.mark.parametrize("key", ["image_id", "category_id"])
+def test_coco_ids_that_are_lists_or_dicts_are_problems_not_crashes(tmp_path: Path, key: str) -> None:
+    doc = _coco([[1, 1, 5, 1, 5, 5]])
+    doc["annotations"].append({"id": 2, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]})
+    doc["annotations"][0][key] = {"nested": [1]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    result = coco.read(tmp_path / "c.json")
+    assert [p.field for p in result.problems] == [f"annotations[0].{key}"]
+    assert [len(i.shapes) for i in result.items] == [0, 1]  # the rest imports
+
+
+def test_coco_category_id_a_list_and_silent_losses_are_recorded(tmp_path: Path) -> None:
+    doc = _coco([[1, 1, 5, 1, 5, 5]])
+    doc["categories"].append({"id": [2], "name": "hat"})
+    doc["images"].append({"id": 1, "file_name": "c.jpg", "width": 8, "height": 8})  # a second image with id 1
+    doc["annotations"].append({"id": 9, "image_id": 77, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]})
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    result = coco.read(tmp_path / "c.json")
+    fields = {p.field: str(p) for p in result.problems}
+    assert set(fields) == {"categories[1].id", "images[2].id", "annotations[1].image_id"}
+    assert "same id as images[0]" in fields["images[2].id"] and "no image has this id" in fields[
+        "annotations[1].image_id"]
+    assert [i.image_name for i in result.items] == ["a.jpg", "b.jpg"]
+    doc = _coco([[1, 1, 5, 1, 5, 5]], id=[1])  # an image id that is a list
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    result = coco.read(tmp_path / "c.json")
+    assert [p.field for p in result.problems] == ["images[0].id", "annotations[0].image_id"]
+    assert [i.image_name for i in result.items] == ["b.jpg"]
+
+
+def test_deeply_nested_json_is_refused_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"shapes": [], "imagePath": "a.jpg", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(AnnotationError, match="nested too deeply"):
+        labelme.read_file(path)
+    with pytest.raises(AnnotationError, match="nested too deeply"):
+        coco.read(path)
+
+
+def test_a_fifo_is_never_opened_as_json(tmp_path: Path) -> None:
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+    with pytest.raises(AnnotationError, match="not a regular file"):
+        labelme.read_file(fifo)
+

@@ -24,18 +24,26 @@ label map's classes with id = class index, plus ``__ignore__``. Provenance goes 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from dataeng.annotation.formats.export import atomic_write_text, class_regions, copy_image, safe_relative
+from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.paths import resolve_inside
 from dataeng.annotation.rle import coco_area, crop_to_content, decode_coco_segmentation, encode_coco_rle
 from dataeng.annotation.trace import DEFAULT_TOLERANCE, trace
-from dataeng.annotation.types import IGNORE_INDEX, IGNORE_LABEL, ExportRecord, ImageAnnotation, LabelMap, Shape
+from dataeng.annotation.types import (
+    IGNORE_INDEX,
+    IGNORE_LABEL,
+    ExportRecord,
+    ImageAnnotation,
+    LabelMap,
+    Shape,
+    is_coordinate,
+)
 from dataeng.errors import AnnotationError, UnsupportedFormatError
 
 NAME = "coco"
@@ -56,15 +64,6 @@ COCO_2017_CATEGORIES: dict[int, str] = {
 """COCO 2017 category ids (1..90, with gaps) -> names; the fallback when ``categories`` is absent."""
 
 
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"cannot read: {e}", path=path) from e
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"invalid JSON ({e.msg})", path=path, field=f"line {e.lineno} column {e.colno}") from e
-
-
 def detect(path: Path) -> bool:
     """True for a ``.json`` whose head shows COCO's ``images`` and ``annotations`` keys."""
     if path.is_dir():
@@ -81,8 +80,14 @@ def detect(path: Path) -> bool:
     return b'"images"' in head and b'"annotations"' in head
 
 
+def _is_id(value: Any) -> bool:
+    """An id COCO files use: an int (not a bool) or a string; a list or dict would not even hash."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
 def _finite(values: Any) -> bool:
-    return all(not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in values)
+    """Every value a coordinate native code can take (finite, within MAX_COORDINATE)."""
+    return all(is_coordinate(v) for v in values)
 
 
 def _shapes(
@@ -167,7 +172,7 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
         return result
     if root is None:
         root = path.parent.parent if path.parent.name == "annotations" else path.parent
-    data = _load(path)
+    data = load_json(path)
     if isinstance(data, list):
         raise UnsupportedFormatError(
             "a COCO results file (list of predictions) is not a dataset; give an instances file",
@@ -182,18 +187,32 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
     result = ReadResult()
     categories = data.get("categories")
     if isinstance(categories, list) and categories:
-        names: dict[Any, str] = {c.get("id"): str(c.get("name")) for c in categories if isinstance(c, dict)}
+        names: dict[Any, str] = {}
+        for k, c in enumerate(categories):
+            if not isinstance(c, dict):
+                continue
+            if not _is_id(c.get("id")):
+                result.problems.append(AnnotationError("expected an integer or string id", path=path,
+                                                       field=f"categories[{k}].id", value=str(c.get("id"))[:60]))
+                continue
+            names[c["id"]] = str(c.get("name"))
     else:
         names = dict(COCO_2017_CATEGORIES)
         result.notices.append(f"{path}: no 'categories'; assuming COCO 2017 ids (1 = person)")
     by_image: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
     for k, ann in enumerate(data["annotations"]):
-        if isinstance(ann, dict):
-            by_image.setdefault(ann.get("image_id"), []).append((k, ann))
-        else:
+        if not isinstance(ann, dict):
             result.problems.append(
                 AnnotationError("expected an object", path=path, field=f"annotations[{k}]", value=ann)
             )
+            continue
+        bad = next((key for key in ("image_id", "category_id") if not _is_id(ann.get(key))), None)
+        if bad is not None:
+            result.problems.append(AnnotationError("expected an integer or string id", path=path,
+                                                   field=f"annotations[{k}].{bad}", value=str(ann.get(bad))[:60]))
+            continue
+        by_image.setdefault(ann.get("image_id"), []).append((k, ann))
+    seen_ids: dict[Any, int] = {}
     for index, image in enumerate(data["images"]):
         where = f"images[{index}]"
         try:
@@ -201,6 +220,13 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
                 raise AnnotationError(
                     "expected an object with a file_name", path=path, field=where, value=str(image)[:60]
                 )
+            if not _is_id(image.get("id")):
+                raise AnnotationError("expected an integer or string id", path=path, field=f"{where}.id",
+                                      value=str(image.get("id"))[:60])
+            if image["id"] in seen_ids:
+                raise AnnotationError(f"the same id as images[{seen_ids[image['id']]}]: its annotations would be "
+                                      "drawn on both", path=path, field=f"{where}.id", value=image["id"])
+            seen_ids[image["id"]] = index
             width, height = image.get("width"), image.get("height")
             if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
                 raise AnnotationError(
@@ -222,6 +248,10 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
         if isinstance(image.get("dataeng"), dict):
             meta["provenance"] = image["dataeng"]
         result.items.append(ImageAnnotation(name, image_path, width, height, tuple(shapes), NAME, path, meta=meta))
+    for image_id in sorted(set(by_image) - set(seen_ids), key=str):
+        k = by_image[image_id][0][0]
+        result.problems.append(AnnotationError(f"no image has this id ({len(by_image[image_id])} annotations)",
+                                               path=path, field=f"annotations[{k}].image_id", value=image_id))
     return result
 
 

@@ -45,10 +45,13 @@ from dataeng.annotation.rle import crop_to_content, decode_cvat_rle, encode_cvat
 from dataeng.annotation.trace import DEFAULT_TOLERANCE
 from dataeng.annotation.types import (
     IGNORE_LABEL,
+    MAX_BITMAP_PIXELS,
+    MAX_COORDINATE,
     ExportRecord,
     ImageAnnotation,
     LabelMap,
     Shape,
+    is_coordinate,
 )
 from dataeng.errors import AnnotationError, UnsupportedFormatError
 
@@ -93,8 +96,9 @@ def _float(el: Element, key: str, path: Path, where: str) -> float:
         value = float(text) if text is not None else math.nan
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise AnnotationError("expected a finite number", path=path, field=f"{where}.{key}", value=text)
+    if not is_coordinate(value):
+        raise AnnotationError(f"expected a finite number within {MAX_COORDINATE:.0f} of the origin", path=path,
+                              field=f"{where}.{key}", value=text)
     return value
 
 
@@ -117,9 +121,10 @@ def _points(el: Element, path: Path, where: str) -> tuple[tuple[float, float], .
             x, y = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (math.nan, math.nan)
         except ValueError:
             x, y = math.nan, math.nan
-        if not (math.isfinite(x) and math.isfinite(y)):
+        if not (is_coordinate(x) and is_coordinate(y)):
             raise AnnotationError(
-                "expected x,y;x,y... finite numbers", path=path, field=f"{where}.points", value=text[:80]
+                "expected x,y;x,y... finite numbers within the coordinate bound", path=path,
+                field=f"{where}.points", value=text[:80],
             )
         points.append((x, y))
     return tuple(points)
@@ -136,7 +141,7 @@ def _attributes(el: Element) -> dict[str, Any]:
     return attrs
 
 
-def _shape(el: Element, path: Path, where: str) -> Shape:
+def _shape(el: Element, path: Path, where: str, canvas: tuple[int | None, int | None] = (None, None)) -> Shape:
     label = el.get("label", "")
     z_order = _int(el, "z_order", path, where, default=0)
     group = el.get("group_id")
@@ -152,7 +157,7 @@ def _shape(el: Element, path: Path, where: str) -> Shape:
     if el.tag == "box":
         x0, y0 = _float(el, "xtl", path, where), _float(el, "ytl", path, where)
         x1, y1 = _float(el, "xbr", path, where), _float(el, "ybr", path, where)
-        rotation = float(el.get("rotation") or 0.0)
+        rotation = _float(el, "rotation", path, where) if el.get("rotation") else 0.0
         if rotation % 360 == 0:
             return Shape(label, "rectangle", ((x0, y0), (x1, y1)), z_order=z_order, group_id=group_id, attributes=attrs)
         # CVAT rotates a box about its centre, clockwise in image coordinates.
@@ -166,6 +171,12 @@ def _shape(el: Element, path: Path, where: str) -> Shape:
     # <mask>
     left, top = _int(el, "left", path, where), _int(el, "top", path, where)
     width, height = _int(el, "width", path, where), _int(el, "height", path, where)
+    image_w, image_h = canvas
+    too_big = (width > image_w or height > image_h) if image_w and image_h else width * height > MAX_BITMAP_PIXELS
+    if too_big:
+        raise AnnotationError(f"mask box {width}x{height} is larger than its image "
+                              f"{image_w}x{image_h}" if image_w and image_h else "mask box too large",
+                              path=path, field=f"{where}.width", value=f"{width}x{height}")
     try:
         runs = parse_cvat_rle(el.get("rle") or "")
         patch = decode_cvat_rle(runs, width, height)
@@ -207,7 +218,7 @@ def _read_image(el: Element, index: int, path: Path, root: Path, notices: list[s
     tags: list[str] = []
     for k, child in enumerate(el):
         if child.tag in ("polygon", "box", "mask"):
-            shapes.append(_shape(child, path, f"{where}.{child.tag}[{k}]"))
+            shapes.append(_shape(child, path, f"{where}.{child.tag}[{k}]", (width, height)))
         elif child.tag == "tag":
             tags.append(child.get("label", ""))
         elif child.tag in _SKIPPED:

@@ -21,7 +21,6 @@ keys) and into each shape's ``description``.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,20 @@ from dataeng.annotation.formats.export import (
     flat_draw_items,
     safe_relative,
 )
+from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.images import decode_image_data, decode_mask_patch, image_size
 from dataeng.annotation.paths import normalise_name, resolve_inside
 from dataeng.annotation.trace import DEFAULT_TOLERANCE
-from dataeng.annotation.types import ExportRecord, ImageAnnotation, LabelMap, Shape, ShapeKind
+from dataeng.annotation.types import (
+    MAX_COORDINATE,
+    ExportRecord,
+    ImageAnnotation,
+    LabelMap,
+    Shape,
+    ShapeKind,
+    is_coordinate,
+)
 from dataeng.errors import AnnotationError
 
 NAME = "labelme"
@@ -45,17 +53,6 @@ WRITTEN_VERSION = "5.5.0"
 
 _SKIPPED = {"line", "linestrip", "point", "points"}
 _INSTANCE_SUFFIX = re.compile(r"^(?P<label>.*\S)-(?P<n>\d+)$")
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"cannot read: {e}", path=path) from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"invalid JSON ({e.msg})", path=path, field=f"line {e.lineno} column {e.colno}") from e
 
 
 def _looks_like(data: Any) -> bool:
@@ -78,7 +75,7 @@ def detect(path: Path) -> bool:
     if b'"shapes"' not in head and b'"imagePath"' not in head:
         return False
     try:
-        return _looks_like(_load_json(path))
+        return _looks_like(load_json(path))
     except AnnotationError:
         return False
 
@@ -86,8 +83,9 @@ def detect(path: Path) -> bool:
 def _number(value: Any, path: Path, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AnnotationError("expected a number", path=path, field=field, value=value)
-    if not math.isfinite(value):
-        raise AnnotationError("expected a finite number", path=path, field=field, value=value)
+    if not is_coordinate(value):
+        raise AnnotationError(f"expected a finite number within {MAX_COORDINATE:.0f} of the origin", path=path,
+                              field=field, value=value)
     return float(value)
 
 
@@ -180,7 +178,7 @@ def read_file(path: Path, root: Path | None = None) -> tuple[ImageAnnotation, li
             shape, bad ``imageData``, or an ``imagePath`` escaping ``root``.
     """
     root = root if root is not None else path.parent
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict):
         raise AnnotationError("not a labelme file: expected a JSON object", path=path, value=type(data).__name__)
     if "shapes" not in data:

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dataeng.annotation.formats.export import atomic_write_text, check_record, copy_image, safe_relative
+from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.paths import resolve_inside
 from dataeng.annotation.types import ExportRecord, LabelMap
+from dataeng.errors import AnnotationError
 
 IMAGE_FOLDER = "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,9 +69,11 @@ def read_provenance(folder: Path) -> dict[str, dict[str, object]]:
     """Image name -> the provenance ``write_pairs`` left in the dataset's ``dataeng.json`` ({} when
     there is none or it is unreadable: provenance only ever restricts what an import may do)."""
     path = folder.parent / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        data = load_json(path)
+    except AnnotationError:
         return {}
     return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 

@@ -18,7 +18,6 @@ import base64
 import binascii
 import io
 import json
-import math
 import zlib
 from pathlib import Path
 from typing import Any, Literal
@@ -34,13 +33,14 @@ from dataeng.annotation.formats.export import (
     provenance_from_named,
     safe_relative,
 )
+from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.images import decode_mask_patch
 from dataeng.annotation.masks import ALPHA_MAX
 from dataeng.annotation.paths import resolve_inside
 from dataeng.annotation.rle import crop_to_content
 from dataeng.annotation.trace import DEFAULT_TOLERANCE
-from dataeng.annotation.types import IGNORE_LABEL, ExportRecord, ImageAnnotation, LabelMap, Shape
+from dataeng.annotation.types import IGNORE_LABEL, ExportRecord, ImageAnnotation, LabelMap, Shape, is_coordinate
 from dataeng.errors import AnnotationError
 
 NAME = "supervisely"
@@ -66,8 +66,8 @@ def detect(path: Path) -> bool:
             head = f.read(65536)
         if b'"objects"' not in head:
             return False
-        return _looks_like(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return _looks_like(load_json(path))
+    except (OSError, AnnotationError):
         return False
 
 
@@ -77,7 +77,7 @@ def _ring(raw: Any, path: Path, field: str) -> tuple[tuple[float, float], ...]:
     ring = []
     for j, point in enumerate(raw):
         ok = isinstance(point, list) and len(point) == 2
-        ok = ok and all(not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in point)
+        ok = ok and all(is_coordinate(v) for v in point)
         if not ok:
             raise AnnotationError("expected [x, y] finite numbers", path=path, field=f"{field}[{j}]", value=point)
         ring.append((float(point[0]), float(point[1])))
@@ -141,12 +141,7 @@ def read_file(path: Path, root: Path) -> tuple[ImageAnnotation, list[str]]:
         AnnotationError: unreadable or truncated JSON, not Supervisely, a bad object, or
             an image path escaping ``root``.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"cannot read: {e}", path=path) from e
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"invalid JSON ({e.msg})", path=path, field=f"line {e.lineno}") from e
+    data = load_json(path)
     if not _looks_like(data):
         raise AnnotationError("not a Supervisely annotation: needs 'size' and 'objects'", path=path, field="objects")
     size = data["size"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from dataeng.storage import atomic_write_bytes, link_or_copy
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 PIL_FORMATS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 EXIF_ORIENTATION = 0x0112
+MAX_IMAGE_BYTES = 1 << 30
+"""Largest image file read (1 GiB); PIL's pixel limit refuses most large images before this."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,14 @@ def inspect_image(path: str, root: str, link: str, max_pixels: int) -> Inspected
             return Refused(path, ProblemKind.BROKEN_SYMLINK, "path", os.readlink(p), "symlink points at nothing")
         if p.is_dir():
             return Refused(path, ProblemKind.NOT_A_FILE, "path", None, "is a directory, not an image file")
+        info = p.stat()
+        if not stat.S_ISREG(info.st_mode):
+            # A FIFO would block the read forever and a device (/dev/zero) never ends.
+            return Refused(path, ProblemKind.NOT_A_FILE, "path", None,
+                           "not a regular file (a FIFO, device or socket); not read")
+        if info.st_size > MAX_IMAGE_BYTES:
+            return Refused(path, ProblemKind.TOO_LARGE, "size", str(info.st_size),
+                           f"larger than {MAX_IMAGE_BYTES >> 20} MiB; not read")
         data = p.read_bytes()
     except PermissionError as e:
         return Refused(path, ProblemKind.UNREADABLE, "permissions", None, f"cannot read: {e.strerror}")

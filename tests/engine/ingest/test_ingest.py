@@ -281,3 +281,16 @@ def test_two_ingests_at_once_both_finish(workspace: Workspace, tmp_path: Path) -
     with workspace.session() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 180
         assert [b.status for b in s.scalars(select(Batch))] == ["finished", "finished"]
+
+
+def test_special_files_are_refused_before_they_are_opened(workspace: Workspace, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    random_image(src / "ok.png", seed=1)
+    os.mkfifo(src / "pipe.jpg")  # reading it would block forever
+    (src / "zero.jpg").symlink_to("/dev/zero")  # reading it would never end
+    with workspace.session() as s:
+        summary = ingest(workspace, s, [src], workers=1)
+        problems = {Path(p.path).name: p for p in s.scalars(select(Problem))}
+    assert summary.added == 1 and summary.refused == 2
+    assert {n: p.kind for n, p in problems.items()} == {"pipe.jpg": "not-a-file", "zero.jpg": "not-a-file"}
+    assert all("not a regular file" in p.message for p in problems.values())
