@@ -20,6 +20,8 @@ def export_labels(
     fmt: Annotated[LabelFormat, typer.Option("--format", help="Annotation format.")] = LabelFormat.labelme,
     split: Annotated[LabelSplit, typer.Option(help="Registry split, or all.")] = LabelSplit.all,
     origin: Annotated[Origin, typer.Option(help="Human or pseudo-labels, or all.")] = Origin.all,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty (files of "
+                                                                "the same name are replaced).")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write the registry's active labels in an annotation format, images alongside."""
@@ -28,7 +30,8 @@ def export_labels(
     with cli_errors():
         ws = open_workspace(workspace)
         with ws.session() as session:
-            summary = run_export(ws, session, out, fmt.value, split=split.value, origin=origin.value)
+            summary = run_export(ws, session, out, fmt.value, split=split.value, origin=origin.value,
+                                 overwrite=overwrite)
         console.print(f"exported {summary.labels} labels as {summary.format} to {summary.out} ({summary.files} files)")
 
 

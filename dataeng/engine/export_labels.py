@@ -21,7 +21,7 @@ from dataeng.annotation.formats import get_format
 from dataeng.annotation.masks import read_alpha, read_mask
 from dataeng.annotation.types import ExportRecord, LabelMap
 from dataeng.db.schema import Image, Label
-from dataeng.errors import NothingToDoError
+from dataeng.errors import DataEngError, NothingToDoError
 from dataeng.progress import NullProgress, Progress
 from dataeng.workspace import Workspace
 
@@ -50,13 +50,22 @@ def export_labels(
     *,
     split: Literal["train", "val", "test", "all"] = "all",
     origin: Literal["human", "pseudo", "all"] = "all",
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> ExportSummary:
     """Write the active labels (filtered by split and origin) to ``out`` in format ``fmt``.
 
+    Args:
+        overwrite: write into a folder that is not empty (files of the same name are
+            replaced, others stay); without it such a folder is refused, so an export never
+            mixes silently with an older one.
+
     Raises:
+        DataEngError: ``out`` is a file, or a folder that is not empty (without ``overwrite``).
         NothingToDoError: no label matches the filters.
     """
+    if out.exists() and (not out.is_dir() or (not overwrite and any(out.iterdir()))):
+        raise DataEngError("the export folder must be new or empty (or pass --overwrite)", path=out)
     progress = progress or NullProgress()
     stmt = select(Label, Image).join(Image, Image.id == Label.image_id).where(Label.status == "active")
     if split != "all":

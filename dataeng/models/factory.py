@@ -202,6 +202,10 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ModelError("encoder weights file not found (use none, imagenet or a file)", path=path,
                          field="encoder_weights")
+    import pickle
+
+    from safetensors import SafetensorError
+
     state: Any
     try:
         if path.suffix == ".safetensors":
@@ -210,8 +214,11 @@ def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as e:
-        raise ModelError(f"cannot read encoder weights: {e}", path=path, field="encoder_weights") from e
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+        # weights_only refuses a pickle of arbitrary objects without running it (UnpicklingError)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"cannot read encoder weights ({type(e).__name__}): {first[:200]}", path=path,
+                         field="encoder_weights") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

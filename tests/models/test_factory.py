@@ -56,6 +56,27 @@ def test_local_encoder_weights(tmp_path):
         load_encoder_weights(other, path)
 
 
+
+class _Anything:
+    """An object no weights_only load may build: a pickle of it must be refused, never run."""
+
+
+@pytest.mark.parametrize(("name", "content", "match"), [
+    ("evil.pt", None, r"cannot read encoder weights \(UnpicklingError\)"),
+    ("broken.safetensors", b"garbage" * 10, r"cannot read encoder weights \(SafetensorError\)"),
+    ("truncated.pt", b"PK\x03\x04", "cannot read encoder weights"),
+])
+def test_unreadable_encoder_weights_are_a_model_error(tmp_path, name, content, match):
+    import pickle
+
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps({"encoder.x": _Anything()}) if content is None else content)
+    model = build_model("unet", "tu-mobilenetv3_small_050", 1, encoder_depth=3)
+    with pytest.raises(ModelError, match=match) as e:
+        load_encoder_weights(model, path)
+    assert e.value.path == str(path) and e.value.field == "encoder_weights"
+
+
 # Every architecture/depth with the cheapest encoder the other tests use. smp itself
 # refuses dpt at depths 3 and 5 for this encoder (its feature strides do not fit);
 # fpn (fixed 4x upsampling) and pspnet (fixed 8x) only keep the input size at one depth

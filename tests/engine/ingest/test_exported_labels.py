@@ -70,3 +70,18 @@ def test_provenance_values_parse_whatever_the_format_made_of_them() -> None:
     assert ExportedLabel.parse({"origin": "human", "label_id": 3, "run_id": None}) == ExportedLabel("human", 3, None)
     assert ExportedLabel.parse({}) is None and ExportedLabel.parse("dataeng") is None
     assert ExportedLabel.parse({"label_id": True}) == ExportedLabel(None, None, None)
+
+
+def test_export_refuses_a_folder_that_is_not_empty_unless_overwrite(tmp_path: Path) -> None:
+    from dataeng.errors import DataEngError
+
+    ws, _ = make_workspace(tmp_path, n_train=2, n_val=0, n_test=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.json").write_text("{}")
+    with ws.session() as s, pytest.raises(DataEngError, match="must be new or empty"):
+        export_labels(ws, s, out, "labelme")
+    assert sorted(p.name for p in out.iterdir()) == ["old.json"]
+    with ws.session() as s:
+        summary = export_labels(ws, s, out, "labelme", overwrite=True)
+    assert summary.labels == 2 and (out / "old.json").exists()
