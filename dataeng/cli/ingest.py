@@ -49,7 +49,7 @@ def ingest(
             print_json(summary.to_dict())
         else:
             console.print(ingest_table(summary))
-            print_refused(summary.problems + summary.labels.problems)
+            print_refused(summary.problems + summary.labels.problems, more="`dataeng status --problems 100`")
     if summary.scanned == 0 and summary.labels.annotation_files == 0:
         err_console.print("[red]error:[/red] nothing was read: no image or annotation file in "
                           + ", ".join(paths), soft_wrap=True)

@@ -48,6 +48,13 @@ def problem_counts(session: Session) -> dict[str, int]:
     return {kind: n for kind, n in session.execute(stmt)}
 
 
+def recent_problems(session: Session, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest ``problems`` rows, newest first: what was refused, where and why."""
+    rows = session.scalars(select(Problem).order_by(Problem.id.desc()).limit(limit))
+    return [{"id": p.id, "batch_id": p.batch_id, "run_id": p.run_id, "kind": p.kind, "path": p.path,
+             "field": p.field, "value": p.value, "message": p.message} for p in rows]
+
+
 def last_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
     """The newest runs, newest first."""
     rows = session.scalars(select(Run).order_by(Run.id.desc()).limit(limit))

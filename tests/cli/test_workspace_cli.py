@@ -198,3 +198,16 @@ def test_one_line_messages_even_for_file_names_with_a_newline() -> None:
     from dataeng.cli.app import one_line
 
     assert one_line("a\nb.jpg: not an image") == "a b.jpg: not an image"
+
+
+def test_status_lists_the_newest_problems(ws_root: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    random_image(src / "ok.png", seed=5)
+    (src / "broken.jpg").write_bytes(b"not an image")
+    _invoke("ingest", str(src), "-w", str(ws_root), "--workers", "1")
+    code, out = _invoke("status", "-w", str(ws_root), "--problems", "5")
+    assert code == 0 and "refused inputs by kind: not-an-image 1" in out
+    assert "not-an-image" in out and "broken.jpg" in out and "not an image PIL can read" in out
+    data = json.loads(_invoke("status", "-w", str(ws_root), "--problems", "5", "--json")[1])
+    assert [p["kind"] for p in data["recent_problems"]] == ["not-an-image"]
+    assert "recent_problems" not in json.loads(_invoke("status", "-w", str(ws_root), "--json")[1])
