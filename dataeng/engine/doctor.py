@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dataeng.db.schema import Image, Label, Round, Run, utcnow
+from dataeng.db.schema import Batch, Image, Label, Round, Run, utcnow
 from dataeng.progress import NullProgress, Progress
 from dataeng.storage import file_sha256
 from dataeng.workspace import Workspace
@@ -123,6 +123,12 @@ def _interrupted(workspace: Workspace, session: Session, report: DoctorReport, f
         report.interrupted.append(line)
         if fix:
             row.status, row.finished_at, row.promoted = "failed", utcnow(), False
+            report.closed.append(line)
+    for batch in session.scalars(select(Batch).where(Batch.status == "running").order_by(Batch.id)):
+        line = f"batch {batch.id} ({batch.kind}) started {batch.started_at:%Y-%m-%d %H:%M} is still marked running"
+        report.interrupted.append(line)
+        if fix:
+            batch.status, batch.finished_at = "failed", utcnow()
             report.closed.append(line)
     if fix:
         session.commit()

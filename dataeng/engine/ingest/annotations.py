@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from dataeng.annotation.masks import encode_png, to_uint8_alpha
 from dataeng.annotation.rasterize import rasterize, scale_shapes
 from dataeng.annotation.types import LabelMap
 from dataeng.db.schema import Image, Problem, ProblemKind
+from dataeng.engine.ingest.pool import process_pool
 from dataeng.engine.labels import EncodedLabel, ExportedLabel, add_human_label, import_refusal
 from dataeng.errors import AnnotationError, DataEngError, RegistryError
 from dataeng.progress import NullProgress, Progress
@@ -216,7 +216,7 @@ def register_labels(
     progress.task("registering labels", len(jobs))
     n_workers = workers or os.cpu_count() or 1
     unknown_seen: set[str] = set()
-    pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 and len(jobs) >= 16 else None
+    pool = process_pool(n_workers) if n_workers > 1 and len(jobs) >= 16 else None
     try:
         results = pool.map(_render, jobs, chunksize=8) if pool is not None else map(_render, jobs)
         for k, (image_id, rendered) in enumerate(zip(ids, results, strict=True)):

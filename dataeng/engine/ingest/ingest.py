@@ -19,7 +19,6 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,9 @@ from dataeng.engine.ingest.annotations import (
 )
 from dataeng.engine.ingest.dedup import find_near, pairwise_near, signed_chunks
 from dataeng.engine.ingest.inspect_image import IMAGE_EXTENSIONS, Inspected, Refused, inspect_image
+from dataeng.engine.ingest.pool import process_pool
 from dataeng.engine.ingest.split import split_for
+from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import InputError
 from dataeng.progress import NullProgress, Progress
 from dataeng.storage import atomic_write_bytes
@@ -166,55 +167,49 @@ def ingest(
     """
     progress = progress or NullProgress()
     cfg = workspace.config.ingest
-    batch = Batch(kind="ingest", args={"inputs": [str(i) for i in inputs]})
-    session.add(batch)
-    session.commit()
-    summary = IngestSummary(batch_id=batch.id)
+    with lifecycle(session, Batch(kind="ingest", args={"inputs": [str(i) for i in inputs]})) as batch:
+        summary = IngestSummary(batch_id=batch.id)
 
-    sets = discover(inputs, fmt)
-    items, ann_problems = read_all(sets, summary.labels)
-    if strict and ann_problems:
-        raise ann_problems[0]
-    items = _materialise_embedded(workspace, items)
-    paths, refused = collect_images(inputs, sets.label_dirs)
-    known_paths = {os.path.realpath(p) for p in paths}
-    for extra in image_files_of(items):  # images an annotation names outside the inputs
-        if os.path.realpath(extra) not in known_paths:
-            known_paths.add(os.path.realpath(extra))
-            paths.append(extra)
-    summary.scanned = len(paths)
-    inspected = _inspect_all(paths, workspace, cfg.workers if workers is None else workers, cfg, progress, refused)
-    if strict and refused:
-        r = refused[0]
-        raise InputError(r.message, path=r.path, field=r.field, value=r.value)
-    _record_problems(session, batch.id, refused, summary)
-    session.commit()
-
-    inspected.sort(key=lambda r: (r.sha256, r.path))
-    progress.task("registering", len(inspected))
-    for start in range(0, len(inspected), chunk):
-        part = inspected[start : start + chunk]
-        _register_chunk(workspace, session, batch.id, part, summary)
+        sets = discover(inputs, fmt)
+        items, ann_problems = read_all(sets, summary.labels)
+        if strict and ann_problems:
+            raise ann_problems[0]
+        items = _materialise_embedded(workspace, items)
+        paths, refused = collect_images(inputs, sets.label_dirs)
+        known_paths = {os.path.realpath(p) for p in paths}
+        for extra in image_files_of(items):  # images an annotation names outside the inputs
+            if os.path.realpath(extra) not in known_paths:
+                known_paths.add(os.path.realpath(extra))
+                paths.append(extra)
+        summary.scanned = len(paths)
+        inspected = _inspect_all(paths, workspace, cfg.workers if workers is None else workers, cfg, progress, refused)
+        if strict and refused:
+            r = refused[0]
+            raise InputError(r.message, path=r.path, field=r.field, value=r.value)
+        _record_problems(session, batch.id, refused, summary)
         session.commit()
-        progress.advance(len(part))
 
-    record_problems(session, batch.id, ann_problems, summary.labels)
-    session.commit()
-    register_labels(
-        workspace,
-        session,
-        batch.id,
-        items,
-        summary.image_ids,
-        summary.labels,
-        workers=cfg.workers if workers is None else workers,
-        progress=progress,
-    )
+        inspected.sort(key=lambda r: (r.sha256, r.path))
+        progress.task("registering", len(inspected))
+        for start in range(0, len(inspected), chunk):
+            part = inspected[start : start + chunk]
+            _register_chunk(workspace, session, batch.id, part, summary)
+            session.commit()
+            progress.advance(len(part))
 
-    batch.status = "finished"
-    batch.finished_at = utcnow()
-    batch.summary = summary.to_dict()
-    session.commit()
+        record_problems(session, batch.id, ann_problems, summary.labels)
+        session.commit()
+        register_labels(
+            workspace,
+            session,
+            batch.id,
+            items,
+            summary.image_ids,
+            summary.labels,
+            workers=cfg.workers if workers is None else workers,
+            progress=progress,
+        )
+        batch.summary = summary.to_dict()
     return summary
 
 
@@ -255,7 +250,7 @@ def _inspect_all(
             progress.advance()
         return inspected
     chunksize = max(1, min(32, len(paths) // (n_workers * 8)))
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+    with process_pool(n_workers) as pool:
         for r in pool.map(_inspect_star, ((str(p), *args) for p in paths), chunksize=chunksize):
             (inspected if isinstance(r, Inspected) else refused).append(r)  # type: ignore[arg-type]
             progress.advance()

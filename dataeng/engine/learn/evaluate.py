@@ -29,8 +29,9 @@ from dataeng.annotation.masks import write_mask
 from dataeng.db.schema import ImageMetric, Problem, ProblemKind, Run
 from dataeng.engine.learn.data import eval_loader
 from dataeng.engine.learn.provenance import code_version
-from dataeng.engine.learn.runs import RunRef, lifecycle, resolve_run
+from dataeng.engine.learn.runs import RunRef, resolve_run
 from dataeng.engine.learn.samples import Sample, folder_samples, registry_samples
+from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import DataEngError, ModelError, NothingToDoError
 from dataeng.models.checkpoint import load_checkpoint
 from dataeng.models.inference import Predictor, TorchPredictor, class_mask, predict_batches, resolve_device

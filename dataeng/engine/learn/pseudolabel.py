@@ -47,9 +47,10 @@ from dataeng.db.schema import Image, Label, Problem, ProblemKind, Run
 from dataeng.engine.labels import LIVE_STATUSES, PseudoDraft, add_pseudo_labels
 from dataeng.engine.learn.data import eval_loader
 from dataeng.engine.learn.provenance import code_version
-from dataeng.engine.learn.runs import RunRef, lifecycle
+from dataeng.engine.learn.runs import RunRef
 from dataeng.engine.learn.samples import Sample
 from dataeng.engine.learn.teacher import resolve_teacher
+from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import DataEngError, NothingToDoError
 from dataeng.models.inference import resize_probabilities, resolve_device, tta_probabilities
 from dataeng.progress import NullProgress, Progress

@@ -41,10 +41,11 @@ from dataeng.engine.learn.evaluate import evaluate_samples
 from dataeng.engine.learn.options import budgeted, resolve_options
 from dataeng.engine.learn.provenance import dataset_fingerprint
 from dataeng.engine.learn.pseudolabel import pseudolabel
-from dataeng.engine.learn.runs import RunRef, best_run, lifecycle, train_run
+from dataeng.engine.learn.runs import RunRef, best_run, train_run
 from dataeng.engine.learn.samples import registry_samples
 from dataeng.engine.learn.teacher import resolve_teacher
 from dataeng.engine.learn.train import train
+from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import NothingToDoError
 from dataeng.models.checkpoint import load_checkpoint
 from dataeng.models.inference import TorchPredictor, resolve_device

@@ -1,8 +1,6 @@
 """Runs: how one is lived (created, failed on error, finished) and the one place to find them.
 
-- :func:`lifecycle`: commits a new ``runs`` or ``rounds`` row as ``running``; on an
-  exception rolls the session back, marks the row ``failed`` and re-raises; otherwise
-  marks it ``finished`` (unless the body set another status).
+- Runs are lived through :func:`dataeng.engine.lifecycle.lifecycle`.
 - :class:`RunRef`: what a user names a model by (``best``, ``newest``, a run id, a
   checkpoint file), parsed once at the command line.
 - :func:`best_run`: the default teacher and the model ``predict``/``report`` use: the
@@ -15,11 +13,10 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
 
@@ -32,42 +29,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from dataeng.workspace import Workspace
-
-RowT = TypeVar("RowT", Run, Round)
-
-
-# ---------------------------------------------------------------- lifecycle
-@contextmanager
-def lifecycle(session: Session, row: RowT, on_fail: Callable[[RowT, BaseException], None] | None = None
-              ) -> Iterator[RowT]:
-    """Live one run (or round) row: ``running`` while the block runs, then ``finished`` or ``failed``.
-
-    A new row is added; an existing one (a resumed run) is set running again. On an
-    exception the session is rolled back, ``on_fail(row, error)`` may adjust the row, the
-    row is committed as ``failed`` and the exception re-raised.
-
-    Example::
-
-        with lifecycle(session, Run(kind="evaluate", config={...})) as run:
-            run.metrics = ...
-    """
-    row.status, row.finished_at = "running", None
-    session.add(row)
-    session.commit()
-    try:
-        yield row
-    except BaseException as e:
-        session.rollback()
-        row.status, row.finished_at = "failed", utcnow()
-        if on_fail is not None:
-            on_fail(row, e)
-        session.commit()
-        raise
-    if row.status == "running":
-        row.status = "finished"
-    row.finished_at = utcnow()
-    session.commit()
-
 
 # ---------------------------------------------------------------- references
 @dataclass(frozen=True)

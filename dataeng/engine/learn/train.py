@@ -42,8 +42,8 @@ from dataeng.engine.learn.evaluate import (
 )
 from dataeng.engine.learn.options import TrainOptions, budgeted, resolve_options
 from dataeng.engine.learn.provenance import code_version, dataset_fingerprint
-from dataeng.engine.learn.runs import lifecycle
 from dataeng.engine.learn.samples import Sample, registry_samples
+from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import DataEngError, ModelError
 from dataeng.models.checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
 from dataeng.models.factory import check_names

@@ -294,3 +294,58 @@ def test_special_files_are_refused_before_they_are_opened(workspace: Workspace, 
     assert summary.added == 1 and summary.refused == 2
     assert {n: p.kind for n, p in problems.items()} == {"pipe.jpg": "not-a-file", "zero.jpg": "not-a-file"}
     assert all("not a regular file" in p.message for p in problems.values())
+
+
+def test_a_strict_ingest_that_stops_leaves_its_batch_failed_and_doctor_reports_running_ones(
+        workspace: Workspace, tmp_path: Path) -> None:
+    from dataeng.errors import InputError
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "bad.jpg").write_bytes(b"not an image")
+    with workspace.session() as s, pytest.raises(InputError):
+        ingest(workspace, s, [tmp_path / "src"], workers=1, strict=True)
+    with workspace.session() as s:
+        assert [b.status for b in s.scalars(select(Batch))] == ["failed"]
+        s.add(Batch(kind="ingest", args={}))  # what a kill -9 leaves
+    with workspace.session() as s:
+        report = doctor(workspace, s, verify_hashes=False)
+        assert len(report.interrupted) == 1 and "batch 2 (ingest)" in report.interrupted[0] and not report.healthy
+        fixed = doctor(workspace, s, verify_hashes=False, fix=True)
+        assert fixed.closed == fixed.interrupted and fixed.healthy
+        assert [b.status for b in s.scalars(select(Batch).order_by(Batch.id))] == ["failed", "failed"]
+
+
+_POOL_THEN_SLEEP = textwrap.dedent("""
+    import os, sys, time
+    from dataeng.engine.ingest.pool import process_pool
+
+    pool = process_pool(2)
+    pids = set(pool.submit(os.getpid).result() for _ in range(8))
+    print(" ".join(str(p) for p in sorted(pids)), flush=True)
+    time.sleep(60)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has exited
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_pool_workers_die_when_the_ingest_is_killed() -> None:
+    import signal
+    import time
+
+    main = subprocess.Popen([sys.executable, "-c", _POOL_THEN_SLEEP], stdout=subprocess.PIPE, text=True)
+    assert main.stdout is not None
+    workers = [int(p) for p in main.stdout.readline().split()]
+    assert workers and all(_alive(p) for p in workers)
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from dataeng.config import PseudolabelConfig, with_overrides
 from dataeng.db.schema import Round, Run
-from dataeng.engine.learn.runs import RunRef, best_run, lifecycle, newest_run, resolve_run
+from dataeng.engine.learn.runs import RunRef, best_run, newest_run, resolve_run
+from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import ConfigError, ModelError
 from tests.factories import make_workspace
 
