@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataeng.annotation.formats import alpha_folder, coco, cvat, labelme, mask_folder, supervisely
+from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
-from dataeng.errors import UnsupportedFormatError
+from dataeng.errors import AnnotationError, UnsupportedFormatError
 
-__all__ = ["FORMATS", "Format", "ReadResult", "detect", "find_annotations", "get_format"]
+__all__ = ["FORMATS", "Format", "ReadResult", "detect", "find_annotations", "get_format", "unreadable_json"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,30 @@ def detect(path: Path) -> str | None:
         if FORMATS[name].detect(path):
             return name
     return None
+
+
+def unreadable_json(folder: Path, claimed: set[Path]) -> list[AnnotationError]:
+    """The ``.json`` files in an ingested folder that no format claimed because they are not
+    usable JSON at all (truncated, not UTF-8, nested too deeply) or hold a bare list: each an
+    error to record, so nothing is skipped silently. Other JSON (tool settings, our own
+    ``dataeng.json``) is left alone.
+    """
+    out: list[AnnotationError] = []
+    files = [folder] if folder.is_file() else sorted(folder.rglob("*.json"))
+    for path in files:
+        if path in claimed or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if any(path.is_relative_to(c) for c in claimed if c.is_dir()):
+            continue
+        try:
+            data = load_json(path)
+        except AnnotationError as e:
+            out.append(e)
+            continue
+        if isinstance(data, list):
+            out.append(AnnotationError("a JSON list is not an annotation format dataeng reads (a COCO results "
+                                       "file? give the instances file)", path=path, value="list"))
+    return out
 
 
 def find_annotations(folder: Path) -> list[tuple[str, Path]]:

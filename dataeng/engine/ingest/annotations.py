@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dataeng.annotation.formats import detect, find_annotations, get_format
+from dataeng.annotation.formats import detect, find_annotations, get_format, unreadable_json
 from dataeng.annotation.formats.paired_folders import label_folder
 from dataeng.annotation.masks import encode_png, to_uint8_alpha
 from dataeng.annotation.rasterize import rasterize, scale_shapes
@@ -88,7 +88,9 @@ def discover(inputs: Sequence[str | Path], fmt: str | None = None) -> Annotation
             else:
                 found.sets.append((fmt, path, root))
         elif path.is_dir():
-            found.sets += [(name, p, root) for name, p in find_annotations(path)]
+            sets = find_annotations(path)
+            found.sets += [(name, p, root) for name, p in sets]
+            found.problems += unreadable_json(path, {p for _, p in sets})
         elif path.suffix.lower() in (".json", ".xml"):
             name = detect(path)
             if name is None:

@@ -124,3 +124,18 @@ def test_export_then_ingest_reproduces_masks_and_splits(
         inter = np.logical_and(mask == 1, mask2 == 1).sum()
         union = np.logical_or(mask == 1, mask2 == 1).sum()
         assert union == 0 or inter / union >= 0.99, (fmt, sha, inter / union)
+
+
+def test_unusable_json_in_an_ingested_folder_is_recorded_not_skipped(workspace: Workspace, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "truncated.json").write_text('{"shapes": [', encoding="utf-8")
+    (src / "latin1.json").write_bytes(b'{"label": "caf\xe9"}')
+    (src / "results.json").write_text("[]", encoding="utf-8")
+    (src / "settings.json").write_text('{"theme": "dark"}', encoding="utf-8")  # some tool's: left alone
+    with workspace.session() as s:
+        summary = ingest(workspace, s, [src], workers=1)
+        rows = s.scalars(select(Problem).where(Problem.kind == ProblemKind.ANNOTATION)).all()
+    assert sorted(Path(p.path).name for p in rows) == ["latin1.json", "results.json", "truncated.json"]
+    lines = summary.to_dict()["problems"]
+    assert any("invalid JSON" in line for line in lines) and any("JSON list" in line for line in lines)
