@@ -231,6 +231,8 @@ def quantize_int8(fp32: Path, out: Path, meta: OnnxMeta) -> OnnxMeta:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    _onnxruntime()
+
     int8_meta = dataclasses.replace(meta, precision="int8")
 
     def write(tmp: Path) -> None:
@@ -253,9 +255,16 @@ def quantize_int8(fp32: Path, out: Path, meta: OnnxMeta) -> OnnxMeta:
     return int8_meta
 
 
-def _session(path: Path, threads: int | None) -> Any:
+def _onnxruntime() -> Any:
+    """onnxruntime with its telemetry events switched off (dataeng sends nothing anywhere)."""
     import onnxruntime as ort
 
+    ort.disable_telemetry_events()
+    return ort
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    ort = _onnxruntime()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

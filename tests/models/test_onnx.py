@@ -120,3 +120,12 @@ def test_logits_to_probabilities_sum_to_one():
         probs = logits_to_probabilities(rng.normal(size=(2, channels, 4, 5)).astype(np.float32))
         assert probs.shape == (2, max(2, channels), 4, 5)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_onnxruntime_telemetry_is_switched_off_before_a_session(exported, monkeypatch):
+    import onnxruntime
+
+    calls = []
+    monkeypatch.setattr(onnxruntime, "disable_telemetry_events", lambda: calls.append("off"))
+    OnnxPredictor.load(exported.path, ["person"])
+    assert calls == ["off"]
