@@ -87,26 +87,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def _pseudolabel_config(base: Any, pixel_threshold: float | None, tta: str | None, confident_fraction: float | None,
                         mean_confidence: float | None, stability: float | None, batch_size: int | None) -> Any:
     """``[pseudolabel]`` of dataeng.toml with the options given on the command line, validated."""
-    from pydantic import ValidationError
+    from dataeng.config import PseudolabelConfig, with_overrides
 
-    from dataeng.config import PseudolabelConfig
-    from dataeng.errors import ConfigError
-
-    accept = base.accept.model_dump()
-    for key, value_ in (("min_confident_fraction", confident_fraction), ("min_mean_confidence", mean_confidence),
-                        ("min_stability", stability)):
-        if value_ is not None:
-            accept[key] = value_
-    data = base.model_dump()
-    data.update({k: v for k, v in (("pixel_threshold", pixel_threshold), ("tta", tta), ("batch_size", batch_size))
-                 if v is not None})
-    data["accept"] = accept
-    try:
-        return PseudolabelConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(err["msg"], field="pseudolabel." + ".".join(str(p) for p in err["loc"]),
-                          value=err.get("input")) from e
+    accept = {"min_confident_fraction": confident_fraction, "min_mean_confidence": mean_confidence,
+              "min_stability": stability}
+    return with_overrides(PseudolabelConfig, base, {"pixel_threshold": pixel_threshold, "tta": tta,
+                                                    "batch_size": batch_size, "accept": accept}, "pseudolabel")
 
 
 def _summary(result: Any) -> dict[str, Any]:
