@@ -211,3 +211,10 @@ def test_status_lists_the_newest_problems(ws_root: Path, tmp_path: Path) -> None
     data = json.loads(_invoke("status", "-w", str(ws_root), "--problems", "5", "--json")[1])
     assert [p["kind"] for p in data["recent_problems"]] == ["not-an-image"]
     assert "recent_problems" not in json.loads(_invoke("status", "-w", str(ws_root), "--json")[1])
+
+
+def test_pseudolabel_options_are_validated_as_dataeng_toml_keys(ws_root: Path) -> None:
+    code, out = _invoke("pseudolabel", "-w", str(ws_root), "--pixel-threshold", "1.5")
+    assert code == 1 and "pseudolabel.pixel_threshold" in out
+    code, out = _invoke("pseudolabel", "-w", str(ws_root), "--accept-stability", "2")
+    assert code == 1 and "pseudolabel.accept.min_stability" in out
