@@ -9,6 +9,8 @@ the silent default.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -96,5 +98,17 @@ def rich_progress(unit: str = "items") -> Iterator[RichProgress]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with _Progress(*columns, console=Console(stderr=True), transient=False) as p:
+    with _Progress(*columns, console=Console(stderr=True, width=console_width(sys.stderr)), transient=False) as p:
         yield RichProgress(p)
+
+
+PIPED_WIDTH = 200
+"""Columns of output that goes to a pipe or file: rich's 80 would cut table headers to "teac…"."""
+
+
+def console_width(stream: object) -> int | None:
+    """None (the terminal's own width) on a terminal; else $COLUMNS or :data:`PIPED_WIDTH`."""
+    if getattr(stream, "isatty", lambda: False)():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPED_WIDTH

@@ -26,6 +26,23 @@ def _pinned_torch_threads() -> None:
     torch.set_num_threads(TORCH_THREADS)
 
 
+INTEROP_PYTHON = Path(__file__).resolve().parents[1] / ".venv-interop" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def interop_python() -> Path:
+    """The Python of .venv-interop (Supervisely SDK, FiftyOne, datumaro: `scripts/setup.sh --interop`).
+
+    Skips when it is absent, except under ``DATAENG_REQUIRE_INTEROP=1`` (``scripts/test.sh``, CI),
+    where a missing reader fails the test instead of hiding it.
+    """
+    if not INTEROP_PYTHON.is_file():
+        if os.environ.get("DATAENG_REQUIRE_INTEROP") == "1":
+            pytest.fail(f"{INTEROP_PYTHON} is missing: run scripts/setup.sh --interop")
+        pytest.skip(".venv-interop is absent (scripts/setup.sh --interop)")
+    return INTEROP_PYTHON
+
+
 @pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
     """../shared/fixtures, or skip when this clone has none beside it."""

@@ -11,10 +11,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from dataeng.cli.choices import Device
 from dataeng.errors import DataEngError, NothingToDoError
+from dataeng.progress import console_width
 
 # The order of ``dataeng --help``: the dataset loop first, maintenance last.
 COMMAND_ORDER = ("init", "ingest", "status", "train", "evaluate", "pseudolabel", "round", "review", "report",
@@ -43,8 +45,8 @@ review_app = typer.Typer(help="Annotator loop: export masks to Labelme/CVAT and 
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, width=console_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=console_width(sys.stderr))
 
 
 def _print_version(show: bool) -> None:
@@ -66,8 +68,9 @@ WorkspaceOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 TeacherOption = Annotated[str | None, typer.Option(
-    "--teacher", help="best (default: finished train run with the best val mIoU), a train run id, or a checkpoint "
-                      "file.")]
+    "--teacher", help="best (default: the run with the best val mIoU, external teachers included), a run id, a "
+                      "checkpoint file, mediapipe (the dataeng[mediapipe] extra), or onnx:PATH (an ONNX person "
+                      "model; see the README for its contract).")]
 
 DeviceOption = Annotated[Device | None, typer.Option(
     "--device", help="PyTorch device (default: train.device in dataeng.toml).")]
@@ -89,14 +92,14 @@ def cli_errors(json_out: bool = False) -> Iterator[None]:
         if json_out:
             print_json({"status": "nothing-to-do", "message": one_line(str(e))})
         else:
-            err_console.print(f"[yellow]{one_line(str(e))}[/yellow]")
+            err_console.print(f"[yellow]{escape(one_line(str(e)))}[/yellow]")
         raise typer.Exit(0) from None
     except DataEngError as e:
         if json_out:
             sys.stderr.write(json.dumps({"error": one_line(str(e)), "path": e.path, "field": e.field,
                                          "value": None if e.value is None else str(e.value)}, default=str) + "\n")
         else:
-            err_console.print(f"[red]error:[/red] {one_line(str(e))}", soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(one_line(str(e)))}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -48,7 +48,7 @@ def evaluate_command(
         err_console.print(f"[yellow]missing mask:[/yellow] {path}")
     for path, message in result.problems:
         err_console.print(f"[yellow]skipped:[/yellow] {path}: {message}")
-    console.print(f"evaluate run [bold]{result.run_id}[/bold] of train run {result.model_run_id} on "
+    console.print(f"evaluate run [bold]{result.run_id}[/bold] of run {result.model_run_id} on "
                   f"{result.split} ({result.metrics['images']} images, {len(result.missing)} missing masks)")
     console.print(metrics_table({result.split: result.metrics}))
 

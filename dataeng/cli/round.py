@@ -55,6 +55,13 @@ def round_command(
         print_json(rows)
         return
     console.print(rounds_table(rows))
+    if any(r.teacher_val_miou is None and r.student_val_miou is None and not r.promoted for r in results
+           if r.number > 0):
+        console.print(NO_VAL_NOTE)
+
+
+NO_VAL_NOTE = ("No val image has a human label, so no student could be promoted (the teacher stays). Label some: "
+               "`dataeng review export OUT --queue eval`, correct them, then `dataeng review import OUT`.")
 
 
 def _row(r: Any) -> dict[str, Any]:

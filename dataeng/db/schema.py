@@ -172,6 +172,8 @@ class ProblemKind(StrEnum):
     STALE_REVIEW = "stale-review"
     # evaluation
     MISSING_MASK = "missing-mask"
+    # pseudo-labelling
+    INVALID_PREDICTION = "invalid-prediction"  # a teacher returned NaN or infinite probabilities
 
 
 class Problem(Base):

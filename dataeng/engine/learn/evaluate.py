@@ -29,12 +29,12 @@ from dataeng.annotation.masks import write_mask
 from dataeng.db.schema import ImageMetric, Problem, ProblemKind, Run
 from dataeng.engine.learn.data import eval_loader
 from dataeng.engine.learn.provenance import code_version
-from dataeng.engine.learn.runs import RunRef, resolve_run
+from dataeng.engine.learn.runs import RunRef
 from dataeng.engine.learn.samples import Sample, folder_samples, registry_samples
+from dataeng.engine.learn.teacher import resolve_teacher
 from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import DataEngError, ModelError, NothingToDoError
-from dataeng.models.checkpoint import load_checkpoint
-from dataeng.models.inference import Predictor, TorchPredictor, class_mask, predict_batches, resolve_device
+from dataeng.models.inference import Predictor, class_mask, predict_batches, resolve_device
 from dataeng.models.metrics import score_image, summarize
 from dataeng.progress import NullProgress, Progress
 
@@ -186,10 +186,14 @@ def evaluate(workspace: Workspace, session: Session, ref: RunRef | None = None, 
              images_dir: Path | None = None, masks_dir: Path | None = None, device: str = "auto",
              batch_size: int | None = None, num_workers: int | None = None,
              progress: Progress | None = None) -> EvaluateResult:
-    """Evaluate a train run's best checkpoint and register an ``evaluate`` run.
+    """Evaluate a train run's best checkpoint, or an external teacher, and register an ``evaluate`` run.
+
+    A ``teacher`` run (an external model) evaluated on val or test also keeps the metrics in
+    its own row (``metrics["val"]``, ``metrics["test"]``), as a train run does from training,
+    so the best-run choice and the report rank it beside trained runs.
 
     Args:
-        ref: the train run (default: the newest finished one).
+        ref: the train run or teacher (default: the newest finished train run).
         split: ``val`` or ``test`` (registry images with an active human label).
         images_dir, masks_dir: evaluate these instead of a split; masks match images by
             stem, binary 0/255 masks mean class 1; images without a mask are reported.
@@ -202,9 +206,10 @@ def evaluate(workspace: Workspace, session: Session, ref: RunRef | None = None, 
         ModelError: no usable run or checkpoint.
         NothingToDoError: the split has no labelled images.
     """
-    model_run = resolve_run(workspace, session, ref or RunRef("newest"))
-    ckpt = load_checkpoint(workspace.root / str(model_run.checkpoint_path))
-    classes = list(ckpt.meta["classes"])
+    model = resolve_teacher(workspace, session, ref or RunRef("newest"))
+    model_run = session.get(Run, model.run_id)
+    assert model_run is not None
+    classes = model.classes
     missing: list[str] = []
     if images_dir is not None or masks_dir is not None:
         if images_dir is None or masks_dir is None:
@@ -222,12 +227,12 @@ def evaluate(workspace: Workspace, session: Session, ref: RunRef | None = None, 
     if not samples:
         raise NothingToDoError(f"nothing to evaluate: no {split_name} images with a (human) mask")
     torch_device = resolve_device(device)
-    predictor = TorchPredictor.from_checkpoint(ckpt, torch_device)
+    predictor = model.predictor(torch_device)
     cfg = model_run.config or {}
     row = Run(kind="evaluate", config={"model_run_id": model_run.id, "split": split_name,
                                        "images": str(images_dir) if images_dir else None,
                                        "masks": str(masks_dir) if masks_dir else None,
-                                       "checkpoint": model_run.checkpoint_path, "epoch": ckpt.meta["epoch"]},
+                                       "checkpoint": model_run.checkpoint_path, "epoch": model.epoch},
               code_version=code_version(), device=str(torch_device), round=model_run.round,
               dataset_fingerprint=None)
     with lifecycle(session, row) as run:
@@ -242,5 +247,7 @@ def evaluate(workspace: Workspace, session: Session, ref: RunRef | None = None, 
         store_image_metrics(session, run.id, model_run.id, split_name, outcome, workspace.root)
         store_worst_predictions(workspace.run_dir(model_run.id), split_name, outcome)
         run.metrics = {**outcome.metrics, "missing_masks": len(missing), "problems": len(outcome.problems)}
+        if model_run.kind == "teacher" and split_name in ("val", "test"):
+            model_run.metrics = {**(model_run.metrics or {}), split_name: dict(outcome.metrics)}
     return EvaluateResult(run.id, model_run.id, split_name, dict(run.metrics), missing, outcome.problems,
                           worst_images(outcome))

@@ -194,6 +194,7 @@ class _Done:
     staged_mask: Path | None = None
     staged_conf: Path | None = None
     error: str | None = None
+    invalid: bool = False  # the teacher's output, not the image, was at fault
 
 
 def candidate_images(session: Session, teacher_run_id: int, shard: tuple[int, int] = (0, 1),
@@ -309,6 +310,10 @@ def _post_process(probs: np.ndarray, items: list[dict[str, Any]], samples: list[
             done.error = item["error"]
             out.append(done)
             continue
+        if not np.isfinite(probs[k]).all():
+            done.error, done.invalid = "the teacher returned NaN or infinite probabilities", True
+            out.append(done)
+            continue
         h, w = item["shape"]
         full = resize_probabilities(probs[k], (h, w))  # cv2: releases the GIL in this writer thread
         label = label_from_probabilities(full, config.pixel_threshold, config.stability_delta)
@@ -327,7 +332,11 @@ def _register(workspace: Workspace, session: Session, done: list[_Done], teacher
     if not done:
         return
     for d in done:
-        if d.error is not None:
+        if d.error is not None and d.invalid:
+            session.add(Problem(run_id=run_id, path=d.image_path, kind=ProblemKind.INVALID_PREDICTION,
+                                field="probabilities", message=f"image {d.image_id}: {d.error}; no pseudo-label"))
+            counts["problems"] += 1
+        elif d.error is not None:
             session.add(Problem(run_id=run_id, path=d.image_path, kind=ProblemKind.MISSING_IMAGE, field="store_path",
                                 message=f"image {d.image_id} cannot be read since ingest: {d.error}"))
             counts["problems"] += 1

@@ -41,14 +41,13 @@ from dataeng.engine.learn.evaluate import evaluate_samples
 from dataeng.engine.learn.options import budgeted, resolve_options
 from dataeng.engine.learn.provenance import dataset_fingerprint
 from dataeng.engine.learn.pseudolabel import pseudolabel
-from dataeng.engine.learn.runs import RunRef, best_run, train_run
+from dataeng.engine.learn.runs import RunRef, best_run
 from dataeng.engine.learn.samples import registry_samples
 from dataeng.engine.learn.teacher import resolve_teacher
 from dataeng.engine.learn.train import train
 from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import NothingToDoError
-from dataeng.models.checkpoint import load_checkpoint
-from dataeng.models.inference import TorchPredictor, resolve_device
+from dataeng.models.inference import resolve_device
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -99,10 +98,13 @@ def val_miou(workspace: Workspace, session: Session, run_id: int, device: str | 
     session.commit()
     if not samples:
         return None
-    run = train_run(session, run_id)
-    ckpt = load_checkpoint(workspace.root / str(run.checkpoint_path))
-    predictor = TorchPredictor.from_checkpoint(ckpt, resolve_device(device or workspace.config.train.device))
-    outcome = evaluate_samples(predictor, samples, ckpt.num_classes, workspace.config.train.batch_size, 0)
+    model = resolve_teacher(workspace, session, RunRef("id", run_id=run_id))
+    predictor = model.predictor(resolve_device(device or workspace.config.train.device))
+    outcome = evaluate_samples(predictor, samples, len(model.classes), workspace.config.train.batch_size, 0)
+    run = session.get(Run, run_id)
+    if run is not None and run.kind == "teacher":  # an external teacher's val score ranks it (best_run)
+        run.metrics = {**(run.metrics or {}), "val": dict(outcome.metrics)}
+        session.commit()
     return float(outcome.metrics["miou"])
 
 
@@ -141,7 +143,7 @@ def run_rounds(
     overrides = dict(overrides or {})
     results: list[RoundResult] = []
     current = teacher
-    if teacher is None and best_run(session) is None:
+    if teacher is None and best_run(session, external=True) is None:
         results.append(_round_zero(workspace, session, overrides, progress))
         current = RunRef("id", run_id=results[-1].student_run_id)
     for _ in range(rounds):

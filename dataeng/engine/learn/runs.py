@@ -2,12 +2,15 @@
 
 - Runs are lived through :func:`dataeng.engine.lifecycle.lifecycle`.
 - :class:`RunRef`: what a user names a model by (``best``, ``newest``, a run id, a
-  checkpoint file), parsed once at the command line.
+  checkpoint file, an external teacher such as ``mediapipe`` or ``onnx:PATH``), parsed once
+  at the command line.
 - :func:`best_run`: the default teacher and the model ``predict``/``report`` use: the
   finished train run with the best val mIoU, never a student a round refused to promote
   nor a teacher a round replaced by its student.
 - :func:`resolve_run`: a :class:`RunRef` to a train run with a checkpoint (a checkpoint
-  file from outside the registry is registered as an ``imported`` train run).
+  file from outside the registry is registered as an ``imported`` train run) or, where the
+  caller accepts them, a ``teacher`` run: an external model registered by
+  :func:`register_teacher` (kind, name, version and file sha256 in its config).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from sqlalchemy import select
 from dataeng.db.schema import Round, Run, utcnow
 from dataeng.errors import ModelError
 from dataeng.models.checkpoint import load_checkpoint
-from dataeng.storage import file_sha256
+from dataeng.models.teachers import TeacherSpec, dump_contract, external_teacher, parse_spec
+from dataeng.storage import atomic_write_text, file_sha256
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -33,16 +37,17 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------- references
 @dataclass(frozen=True)
 class RunRef:
-    """A model as a user names it: ``best``, ``newest``, a train run id, or a checkpoint file.
+    """A model as a user names it: ``best``, ``newest``, a run id, a checkpoint file, or an external teacher.
 
     Example::
 
-        RunRef.parse("best"), RunRef.parse("12"), RunRef.parse("teacher.pt")
+        RunRef.parse("best"), RunRef.parse("12"), RunRef.parse("teacher.pt"), RunRef.parse("mediapipe")
     """
 
-    kind: Literal["best", "newest", "id", "file"]
+    kind: Literal["best", "newest", "id", "file", "external"]
     run_id: int | None = None
     path: Path | None = None
+    spec: TeacherSpec | None = None
 
     @classmethod
     def parse(cls, text: str | int | None, default: Literal["best", "newest"] = "best") -> RunRef:
@@ -54,6 +59,9 @@ class RunRef:
             return cls(value.lower())  # type: ignore[arg-type]
         if value.isdigit():
             return cls("id", run_id=int(value))
+        spec = parse_spec(value)
+        if spec is not None:
+            return cls("external", spec=spec)
         return cls("file", path=Path(value))
 
     def __str__(self) -> str:
@@ -61,6 +69,8 @@ class RunRef:
             return str(self.run_id)
         if self.kind == "file":
             return str(self.path)
+        if self.kind == "external":
+            return str(self.spec)
         return self.kind
 
 
@@ -96,9 +106,19 @@ def val_miou(run: Run) -> float | None:
     return float(val["miou"]) if isinstance(val, dict) and val.get("miou") is not None else None
 
 
-def best_run(session: Session, *, rounds_decide: bool = True) -> Run | None:
+def teacher_runs(session: Session) -> list[Run]:
+    """Registered external teachers (``teacher`` runs), oldest first."""
+    return list(session.scalars(select(Run).where(Run.kind == "teacher", Run.status == "finished")
+                                .order_by(Run.id)))
+
+
+def best_run(session: Session, *, rounds_decide: bool = True, external: bool = False) -> Run | None:
     """The finished train run with the best val mIoU (newest on a tie or without val); None when
     there is no finished train run.
+
+    With ``external`` (the default teacher of pseudolabel, round and review pre-fills), registered
+    external teachers compete too, by the val mIoU their evaluations recorded; a trained run wins a
+    tie, and without any val score an external teacher is preferred only when no trained run is left.
 
     With ``rounds_decide`` (the default) rounds decide first: a student a round refused to
     promote, and a teacher a round replaced by its promoted student, are left out (those
@@ -106,7 +126,16 @@ def best_run(session: Session, *, rounds_decide: bool = True) -> Run | None:
     times may not be).
     """
     refused = rejected_students(session) | beaten_teachers(session) if rounds_decide else set()
-    return best_of([run for run in finished_train_runs(session) if run.id not in refused])
+    trained = best_of([run for run in finished_train_runs(session) if run.id not in refused])
+    if not external:
+        return trained
+    outside = best_of([run for run in teacher_runs(session) if run.id not in refused])
+    if trained is None or outside is None:
+        return trained or outside
+    trained_miou, outside_miou = val_miou(trained), val_miou(outside)
+    if outside_miou is not None and (trained_miou is None or outside_miou > trained_miou):
+        return outside
+    return trained
 
 
 def best_of(runs: Sequence[Run]) -> Run | None:
@@ -122,13 +151,18 @@ def newest_run(session: Session) -> Run | None:
     return runs[-1] if runs else None
 
 
-def train_run(session: Session, run_id: int) -> Run:
-    """The train run with this id, which must have a checkpoint.
+def train_run(session: Session, run_id: int, *, external: bool = False) -> Run:
+    """The train run with this id, which must have a checkpoint (or, with ``external``, a teacher run).
 
     Raises:
         ModelError: no such train run, or it has no checkpoint.
     """
     run = session.get(Run, run_id)
+    if run is not None and run.kind == "teacher":
+        if external:
+            return run
+        raise ModelError(f"run is an external teacher ({(run.config or {}).get('teacher')}); this command needs "
+                         "a trained run", field="run", value=run_id)
     if run is None or run.kind != "train":
         raise ModelError("no train run with this id", field="run", value=run_id)
     if run.checkpoint_path is None:
@@ -136,8 +170,10 @@ def train_run(session: Session, run_id: int) -> Run:
     return run
 
 
-def resolve_run(workspace: Workspace, session: Session, ref: RunRef, field: str = "run") -> Run:
-    """The train run a :class:`RunRef` names.
+def resolve_run(workspace: Workspace, session: Session, ref: RunRef, field: str = "run", *,
+                external: bool = False) -> Run:
+    """The train run a :class:`RunRef` names (with ``external``, also a teacher run, registered here
+    for an external spec).
 
     A checkpoint file from outside the registry is copied into ``runs/<id>/`` and
     registered as a train run with status ``imported`` (the same file, by sha256, is
@@ -147,17 +183,23 @@ def resolve_run(workspace: Workspace, session: Session, ref: RunRef, field: str 
         ModelError: no finished train run (``best``/``newest``), no such run, no such file,
             or a file that is not a dataeng checkpoint (refused without unpickling).
     """
+    if ref.kind == "external":
+        assert ref.spec is not None
+        if not external:
+            raise ModelError("an external teacher cannot be used here; give a trained run or checkpoint",
+                             field=field, value=str(ref))
+        return register_teacher(workspace, session, ref.spec)
     if ref.kind in ("best", "newest"):
-        run = best_run(session) if ref.kind == "best" else newest_run(session)
+        run = best_run(session, external=external) if ref.kind == "best" else newest_run(session)
         if run is None:
-            raise ModelError("no finished train run yet; run `dataeng train` or `dataeng round` first"
-                             + (", or pass --teacher PATH" if field == "teacher" else ""), field=field,
-                             value=str(ref))
+            hint = ", or pass --teacher PATH|mediapipe|onnx:PATH" if field == "teacher" else ""
+            raise ModelError(f"no finished train run yet; run `dataeng train` or `dataeng round` first{hint}",
+                             field=field, value=str(ref))
         return run
     if ref.kind == "id":
         assert ref.run_id is not None
         try:
-            return train_run(session, ref.run_id)
+            return train_run(session, ref.run_id, external=external)
         except ModelError as e:
             raise ModelError(e.reason, field=field, value=ref.run_id) from e
     assert ref.path is not None
@@ -188,5 +230,37 @@ def import_checkpoint(workspace: Workspace, session: Session, path: Path, field:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, dest)
     run.checkpoint_path = str(dest.relative_to(workspace.root))
+    session.commit()
+    return run
+
+
+def register_teacher(workspace: Workspace, session: Session, spec: TeacherSpec) -> Run:
+    """Register an external teacher as a finished ``teacher`` run (once per kind and file sha256); committed.
+
+    The adapter is built (and so checked: the extra installed, the file a usable model for the
+    workspace's classes) before anything is written. An ONNX file is copied into ``runs/<id>/``
+    with its contract, so the run keeps working when the original moves.
+
+    Raises:
+        ModelError: see :func:`dataeng.models.teachers.external_teacher`.
+    """
+    teacher = external_teacher(spec, workspace.config.classes)
+    identity = teacher.identity()
+    for run in teacher_runs(session):
+        config = run.config or {}
+        if config.get("teacher") == identity.kind and config.get("sha256") == identity.sha256:
+            return run
+    run = Run(kind="teacher", status="finished", config=identity.as_config(), finished_at=utcnow())
+    session.add(run)
+    session.flush()
+    if spec.path is not None:
+        dest = workspace.run_dir(run.id) / f"teacher{spec.path.suffix or '.onnx'}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spec.path, dest)
+        contract = getattr(teacher, "contract", None)
+        if contract is not None and identity.version == "sidecar":
+            atomic_write_text(dest.with_name(dest.name + ".json"), dump_contract(contract))
+        run.config = {**run.config, "stored_file": str(dest.relative_to(workspace.root))}
+        run.checkpoint_path = None
     session.commit()
     return run

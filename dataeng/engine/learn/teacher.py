@@ -1,8 +1,10 @@
 """The teacher of a pseudo-label run: which model, loaded and checked against the workspace.
 
-The default teacher is :func:`dataeng.engine.learn.runs.best_run`; ``--teacher`` names
-another train run or a checkpoint file (registered as an ``imported`` train run, so every
-pseudo-label points at its teacher). Inference goes through :mod:`dataeng.models.inference`.
+The default teacher is :func:`dataeng.engine.learn.runs.best_run` (external teachers
+included); ``--teacher`` names another train run, a checkpoint file (registered as an
+``imported`` train run), or an external model (``mediapipe``, ``onnx:PATH``: registered as a
+``teacher`` run through :mod:`dataeng.models.teachers`), so every pseudo-label points at
+its teacher. Inference goes through :mod:`dataeng.models.inference`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import TYPE_CHECKING
 from dataeng.engine.learn.runs import RunRef, resolve_run
 from dataeng.errors import ModelError
 from dataeng.models.checkpoint import load_checkpoint, model_from_checkpoint
-from dataeng.models.inference import TorchPredictor
+from dataeng.models.inference import Predictor, TorchPredictor
+from dataeng.models.teachers import ExternalTeacher, load_teacher_run_config
 
 if TYPE_CHECKING:
     import torch
@@ -26,23 +29,44 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Teacher:
-    """A resolved teacher: its train run, checkpoint and training round."""
+    """A resolved teacher: its run and round, and a checkpoint (trained) or an external adapter."""
 
     run_id: int
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None
     round: int | None
+    external: ExternalTeacher | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
+        if self.external is not None:
+            return self.external.identity().image_size
+        assert self.checkpoint is not None
         h, w = self.checkpoint.meta["image_size"]
         return int(h), int(w)
 
-    def predictor(self, device: torch.device) -> TorchPredictor:
-        """The teacher's model on ``device``, ready for :mod:`dataeng.models.inference`.
+    @property
+    def classes(self) -> list[str]:
+        if self.external is not None:
+            return list(self.external.identity().classes)
+        assert self.checkpoint is not None
+        return list(self.checkpoint.meta["classes"])
+
+    @property
+    def epoch(self) -> int | None:
+        return int(self.checkpoint.meta["epoch"]) if self.checkpoint is not None else None
+
+    def predictor(self, device: torch.device) -> Predictor:
+        """The teacher's model on ``device`` (external teachers run on the CPU), ready for
+        :mod:`dataeng.models.inference`.
 
         Raises:
             ModelError: the weights do not fit the architecture the checkpoint names.
         """
+        if self.external is not None:
+            import torch
+
+            return self.external.predictor(threads=torch.get_num_threads())
+        assert self.checkpoint is not None
         return TorchPredictor.from_checkpoint(self.checkpoint, device)
 
 
@@ -61,7 +85,10 @@ def resolve_teacher(workspace: Workspace, session: Session, ref: RunRef | None =
         outside = load_checkpoint(ref.path)
         _check_classes(workspace, outside, ref.path)
         model_from_checkpoint(outside)  # the weights must fit the architecture it names
-    run = resolve_run(workspace, session, ref, field="teacher")
+    run = resolve_run(workspace, session, ref, field="teacher", external=True)
+    if run.kind == "teacher":
+        return Teacher(run.id, None, run.round, load_teacher_run_config(run.config or {}, workspace.config.classes,
+                                                                        workspace.root))
     path = workspace.root / str(run.checkpoint_path)
     ckpt = load_checkpoint(path)
     _check_classes(workspace, ckpt, path)

@@ -262,7 +262,7 @@ def _evaluation(workspace: Workspace, session: Session, limit: int, excluded: se
         return [], None
     masks: dict[int, np.ndarray] = {}
     teacher_run_id = None
-    if best_run(session) is not None:
+    if best_run(session, external=True) is not None:
         teacher_run_id, masks = _teacher_masks(workspace, session, images, device, progress)
     planned = []
     for im in images:
