@@ -6,10 +6,18 @@ Read: ``bitmap`` objects (``data`` = base64 of a zlib-compressed PNG, top-left p
 a notice. The annotation ``ann/<image name>.json`` belongs to ``img/<image name>``.
 A bad object refuses its image.
 
-Write: ``meta.json``, ``ds0/ann/<image_name>.json`` and ``ds0/img/<image_name>``; each
-class region is one ``bitmap`` object (default, exact) or, with
-``supervisely_shapes="polygon"``, one ``polygon`` per traced region with its holes as
-``interior``. Provenance goes into the image-level ``tags`` as ``dataeng_<key>``.
+Write: a project the Supervisely SDK opens (``sly.Project(path, sly.OpenMode.READ)``):
+``meta.json`` and one dataset per image-name folder, each with flat ``img/<file>`` and
+``ann/<file>.json``. ``train/a_1234abcd.png`` goes to dataset ``train``; a name without a
+folder goes to dataset ``ds0``; deeper folders become nested datasets
+(``a/b/x.png`` -> ``a/datasets/b/img/x.png``), as the SDK lays them out. Each class region
+is one ``bitmap`` object (default, exact) or, with ``supervisely_shapes="polygon"``, one
+``polygon`` per traced region with its holes as ``interior``. Provenance goes into the
+image-level ``tags`` as ``dataeng_<key>`` (``any_string`` tag metas; None is written as "").
+
+Exports written before dataset-per-split (``ds0/ann/train/<file>.json`` with
+``ds0/img/train/<file>``) still read: an annotation belongs to the image at the same path
+under the ``img/`` beside its ``ann/``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from dataeng.annotation.formats.export import (
+    PROVENANCE_PREFIX,
     atomic_write_text,
     class_regions,
     copy_image,
@@ -45,10 +54,17 @@ from dataeng.errors import AnnotationError
 
 NAME = "supervisely"
 DATASET = "ds0"
+"""The dataset of image names without a folder."""
+RESERVED_DIRS = frozenset({"img", "ann", "img_info", "seg", "meta", "datasets", "blob"})
+"""Folder names the SDK never reads as a dataset (a dataset's own subfolders)."""
 
 
 def _ann_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.json") if p.parent.name == "ann" or "ann" in p.parent.parts)
+    # "ann" among the folders below ``folder`` only: a project under /home/ann/ is no reason
+    # to read its meta.json as an annotation.
+    return sorted(
+        p for p in folder.rglob("*.json") if p.parent.name == "ann" or "ann" in p.parent.relative_to(folder).parts
+    )
 
 
 def _looks_like(data: Any) -> bool:
@@ -216,6 +232,27 @@ def _colour(index: int) -> str:
     return f"#{(index * 2654435761) & 0xFFFFFF:06X}"
 
 
+def dataset_path(image_name: str) -> tuple[Path, str]:
+    """The dataset folder (relative to the project) and the item file name of an image name.
+
+    ``train/x.png`` -> (``train``, ``x.png``); ``x.png`` -> (``ds0``, ``x.png``);
+    ``a/b/x.png`` -> (``a/datasets/b``, ``x.png``).
+
+    Raises:
+        ValueError: the name is unsafe, or a folder has a name the SDK reserves (``img``, ``ann``...).
+    """
+    *folders, file = safe_relative(image_name).parts
+    reserved = [f for f in folders if f in RESERVED_DIRS]
+    if reserved:
+        raise ValueError(
+            f"image name {image_name!r}: folder {reserved[0]!r} cannot be a Supervisely dataset "
+            f"(reserved: {', '.join(sorted(RESERVED_DIRS))})"
+        )
+    if not folders:
+        return Path(DATASET), file
+    return Path(folders[0]).joinpath(*(part for f in folders[1:] for part in ("datasets", f))), file
+
+
 def write(
     out: Path,
     records: list[ExportRecord],
@@ -225,7 +262,10 @@ def write(
     tolerance: float = DEFAULT_TOLERANCE,
     copy_images: bool = True,
 ) -> list[Path]:
-    """Write a Supervisely project: ``meta.json``, ``ds0/ann/`` and ``ds0/img/``.
+    """Write a Supervisely project: ``meta.json`` and ``<dataset>/ann/`` + ``<dataset>/img/``.
+
+    The dataset is the image name's folder (``train/x.png`` -> ``train``; no folder ->
+    ``ds0``), see :func:`dataset_path`.
 
     Args:
         out: project folder.
@@ -233,13 +273,15 @@ def write(
         label_map: class names (plus ``__ignore__``).
         supervisely_shapes: ``"bitmap"`` (exact) or ``"polygon"`` (traced, with interiors).
         tolerance: polygon simplification in pixels.
-        copy_images: copy ``record.image_path`` into ``ds0/img/``.
+        copy_images: copy ``record.image_path`` into ``<dataset>/img/`` (the folder is made
+            either way, so that the SDK reads the annotations without images).
 
     Returns:
         ``meta.json`` and the annotation files written.
 
     Raises:
-        ValueError: a record does not fit its size or the label map, or has an unsafe name.
+        ValueError: a record does not fit its size or the label map, has an unsafe or
+            reserved name, or two records land on the same dataset item.
     """
     shape = "bitmap" if supervisely_shapes == "bitmap" else "polygon"
     titles = [*label_map.classes, IGNORE_LABEL]
@@ -247,14 +289,30 @@ def write(
     meta = {
         "classes": [{"title": t, "shape": shape, "color": _colour(i + 1)} for i, t in enumerate(titles)],
         "tags": [
-            {"name": f"dataeng_{k}", "value_type": "any_string", "color": _colour(100 + i)} for i, k in enumerate(keys)
+            {"name": f"{PROVENANCE_PREFIX}{k}", "value_type": "any_string", "color": _colour(100 + i)}
+            for i, k in enumerate(keys)
         ],
         "projectType": "images",
     }
+    placed: dict[tuple[Path, str], str] = {}
+    for record in records:
+        key = dataset_path(record.image_name)
+        if key in placed:
+            raise ValueError(
+                f"image names {placed[key]!r} and {record.image_name!r} are both item "
+                f"{key[1]!r} of Supervisely dataset {key[0].as_posix()!r}"
+            )
+        placed[key] = record.image_name
     written = [out / "meta.json"]
     atomic_write_text(written[0], json.dumps(meta, indent=2))
+    for dataset, _ in placed:
+        # Every dataset, a nested one's parents too, gets img/ and ann/ even when empty
+        # (images not copied, or a parent with children only): the SDK skips a dataset without.
+        for depth in range(1, len(dataset.parts) + 1, 2):
+            for sub in ("img", "ann"):
+                (out.joinpath(*dataset.parts[:depth]) / sub).mkdir(parents=True, exist_ok=True)
     for record in records:
-        rel = safe_relative(record.image_name)
+        dataset, file = dataset_path(record.image_name)
         objects: list[dict[str, Any]] = []
         if supervisely_shapes == "polygon":
             for region, polygons in polygons_by_class(record, label_map, tolerance):
@@ -287,12 +345,15 @@ def write(
         ann = {
             "description": "",
             "size": {"height": record.height, "width": record.width},
-            "tags": [{"name": f"dataeng_{k}", "value": str(v)} for k, v in record.meta.items()],
+            "tags": [
+                {"name": f"{PROVENANCE_PREFIX}{k}", "value": "" if v is None else str(v)}
+                for k, v in record.meta.items()
+            ],
             "objects": objects,
         }
-        ann_path = out / DATASET / "ann" / f"{rel.as_posix()}.json"
+        ann_path = out / dataset / "ann" / f"{file}.json"
         atomic_write_text(ann_path, json.dumps(ann))
         if copy_images:
-            copy_image(record, out / DATASET / "img" / rel)
+            copy_image(record, out / dataset / "img" / file)
         written.append(ann_path)
     return written

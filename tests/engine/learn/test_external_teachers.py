@@ -34,7 +34,7 @@ def _runs(ws, kind: str) -> list[Run]:
 
 
 def test_an_onnx_teacher_is_registered_once_and_names_every_pseudo_label(tmp_path: Path) -> None:
-    ws, made = make_workspace(tmp_path, n_train=4, n_val=1, n_test=1, labelled=False)
+    ws, _ = make_workspace(tmp_path, n_train=4, n_val=1, n_test=1, labelled=False)
     model = brightness_model(tmp_path / "models" / "bright.onnx", sidecar=CONTRACT)
     with ws.session() as s:
         result = pseudolabel(ws, s, RunRef.parse(f"onnx:{model}"), device="cpu", num_workers=0)
