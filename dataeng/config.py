@@ -83,6 +83,10 @@ class TrainConfig(_Section):
         "when the train set holds pseudo-labels, at least this share of each epoch's draws are human-labelled "
         "images (drawn again as needed, as semi-supervised methods batch labelled and unlabelled data apart); "
         "0 draws every label equally"))
+    pseudo_targets: Literal["hard", "soft"] = Field(default="hard", description=(
+        "what a one-class model learns from a pseudo-label: `hard` = the teacher's class, each pixel weighted by "
+        "its confidence; `soft` = the teacher's probability itself (distillation, binary BCE and Dice on soft "
+        "targets; pixels the pseudo-label dropped stay ignored)"))
 
     @field_validator("image_size")
     @classmethod

@@ -52,6 +52,7 @@ def segmentation_loss(
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    soft: bool = False,
 ) -> torch.Tensor:
     """BCE + Dice (1 output channel) or CE + Dice (several), with ignore index and pixel weights.
 
@@ -60,6 +61,10 @@ def segmentation_loss(
         target: (B, H, W) class indices; ``ignore_index`` pixels are skipped.
         weight: optional (B, H, W) per-pixel weights in [0, 1].
         ignore_index: the mask value that is neither background nor a class.
+        soft: with one output channel and ``weight`` given, read ``weight`` as the confidence of the
+            target class (1 for human pixels, the teacher's top probability for pseudo pixels) and
+            learn the teacher's probability of the person, ``weight`` or ``1 - weight``, unweighted
+            (distillation); ignored pixels stay out. Several channels ignore it.
 
     Returns:
         A scalar: the pixel term (mean over valid pixels) plus the Dice term.
@@ -74,6 +79,10 @@ def segmentation_loss(
     safe_target = torch.where(target == ignore_index, torch.zeros_like(target), target)
     if logits.shape[1] == 1:
         fg = (safe_target > 0).float()
+        if soft and weight is not None:
+            confidence = weight.float()
+            fg = torch.where(safe_target > 0, confidence, 1.0 - confidence)
+            w = (target != ignore_index).float()
         pixel = F.binary_cross_entropy_with_logits(logits[:, 0], fg, reduction="none")
         dice = dice_loss(torch.sigmoid(logits), fg.unsqueeze(1), w)
     else:
@@ -131,6 +140,7 @@ def training_loss(
     has_alpha: torch.Tensor | None = None,
     image: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    soft: bool = False,
 ) -> torch.Tensor:
     """The loss the train loop uses: segmentation, plus matting terms where mattes exist.
 
@@ -139,7 +149,7 @@ def training_loss(
         alpha, has_alpha, image: (B, H, W) mattes, (B,) bool, (B, 3, H, W) inputs; only
             used by ``matting``.
     """
-    loss = segmentation_loss(logits, target, weight, ignore_index)
+    loss = segmentation_loss(logits, target, weight, ignore_index, soft)
     if kind == "matting" and alpha is not None and has_alpha is not None and image is not None \
             and bool(has_alpha.any()):
         valid = (target != ignore_index).float() * has_alpha.float().view(-1, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dataeng.annotation.types import IGNORE_INDEX
@@ -76,3 +77,29 @@ def test_training_loss_adds_matting_terms_only_with_mattes():
     none = training_loss(logits, target, None, "matting", alpha, torch.tensor([False, False]), image)
     some = training_loss(logits, target, None, "matting", alpha, torch.tensor([True, False]), image)
     assert torch.allclose(seg, none) and some > seg
+
+
+def test_soft_targets_learn_the_teachers_probability() -> None:
+    import torch
+
+    from dataeng.models.losses import segmentation_loss
+
+    target = torch.ones(1, 4, 4, dtype=torch.long)
+    human = torch.ones(1, 4, 4)
+
+    def loss(p: float, weight: torch.Tensor, soft: bool) -> float:
+        logits = torch.full((1, 1, 4, 4), float(torch.logit(torch.tensor(p))))
+        return float(segmentation_loss(logits, target, weight, soft=soft))
+
+    # Human pixels (weight 1): soft is the hard loss.
+    assert loss(0.7, human, True) == pytest.approx(loss(0.7, human, False))
+    # A pseudo pixel whose teacher said 0.7: soft prefers 0.7, hard (confidence-weighted) prefers 1.
+    pseudo = torch.full((1, 4, 4), 0.7)
+    assert loss(0.7, pseudo, True) < loss(0.999, pseudo, True)
+    assert loss(0.999, pseudo, False) < loss(0.7, pseudo, False)
+    # Ignored pixels stay out of the soft loss too.
+    ignored = target.clone()
+    ignored[0, :2] = 255
+    logits = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    segmentation_loss(logits, ignored, pseudo, soft=True).backward()
+    assert logits.grad is not None and (logits.grad[0, 0, :2] == 0).all() and (logits.grad[0, 0, 2:] != 0).all()

@@ -151,6 +151,7 @@ class Training:
     std: tuple[float, ...]
     model: Any = None
     world_size: int = 1
+    soft: bool = False
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -202,7 +203,7 @@ def prepare(options: TrainOptions, classes: Sequence[str], samples: Sequence[Sam
     opt = make_optimisation(model, device, options.lr, options.weight_decay, options.warmup_epochs,
                             options.epochs, len(loader))
     mean, std = preprocessing_params(options.encoder)
-    return Training(model, loader, opt, device, options.loss, mean, std)
+    return Training(model, loader, opt, device, options.loss, mean, std, soft=options.pseudo_targets == "soft")
 
 
 def train_step(training: Training, batch: dict[str, Any]) -> torch.Tensor:
@@ -213,7 +214,7 @@ def train_step(training: Training, batch: dict[str, Any]) -> torch.Tensor:
     x, y, w, a, has_alpha = prepare_batch(batch, device, opt.channels_last, training.mean, training.std)
     with torch.autocast(device.type, dtype=opt.amp_dtype or torch.float32, enabled=opt.amp_dtype is not None):
         logits = training.model(x)
-    loss = training_loss(logits, y, w, training.loss, a, has_alpha, x)
+    loss = training_loss(logits, y, w, training.loss, a, has_alpha, x, soft=training.soft)
     opt.optimizer.zero_grad(set_to_none=True)
     if opt.scaler is not None:
         opt.scaler.scale(loss).backward()
