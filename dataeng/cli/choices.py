@@ -112,3 +112,10 @@ class OutputKind(StrEnum):
 def value(choice: Enum | None) -> str | None:
     """The engine's string for an optional choice: None stays None (use dataeng.toml)."""
     return None if choice is None else str(choice.value)
+
+
+class CocoAnnotations(StrEnum):
+    """How ``dataeng export labels --format coco`` splits a mask into annotations."""
+
+    instances = "instances"
+    semantic = "semantic"

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from dataeng.cli.app import JsonOption, WorkspaceOption, cli_errors, console, export_app, open_workspace, print_json
-from dataeng.cli.choices import LabelFormat, LabelSplit, Origin
+from dataeng.cli.choices import CocoAnnotations, LabelFormat, LabelSplit, Origin
 
 
 @export_app.command("labels")
@@ -22,6 +22,10 @@ def export_labels(
     origin: Annotated[Origin, typer.Option(help="Human or pseudo-labels, or all.")] = Origin.all,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty (files of "
                                                                 "the same name are replaced).")] = False,
+    coco_annotations: Annotated[CocoAnnotations | None, typer.Option(
+        "--coco-annotations", help="COCO only: one annotation per connected region of a class (instances, the "
+                                   "default) or per class (semantic); ignore pixels are crowd regions either way.",
+        show_default=False)] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write the registry's active labels in an annotation format, images alongside."""
@@ -31,7 +35,8 @@ def export_labels(
         ws = open_workspace(workspace)
         with ws.session() as session:
             summary = run_export(ws, session, out, fmt.value, split=split.value, origin=origin.value,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite,
+                                 coco_annotations=coco_annotations.value if coco_annotations else None)
         console.print(f"exported {summary.labels} labels as {summary.format} to {summary.out} ({summary.files} files)")
 
 

@@ -2,9 +2,10 @@
 
 Images go alongside (the format writers copy them; names are ``<split>/<stem>_<sha8><ext>``
 so that two source files with the same name never collide), ignore regions as
-``__ignore__`` shapes, provenance (label id, origin, source, run, round) in each
-format's metadata. Ingesting the export into a fresh workspace reproduces the masks and,
-because splits are a hash of image content, the splits.
+``__ignore__`` shapes (COCO: crowd regions marked ``dataeng_ignore``), provenance (label
+id, origin, source, run, round) in each format's metadata. Ingesting the export into a
+fresh workspace reproduces the masks and, because splits are a hash of image content,
+the splits.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dataeng.annotation.formats import get_format
+from dataeng.annotation.formats.coco import CocoAnnotations
 from dataeng.annotation.masks import read_alpha, read_mask
 from dataeng.annotation.types import ExportRecord, LabelMap
 from dataeng.db.schema import Image, Label
@@ -51,6 +53,7 @@ def export_labels(
     split: Literal["train", "val", "test", "all"] = "all",
     origin: Literal["human", "pseudo", "all"] = "all",
     overwrite: bool = False,
+    coco_annotations: CocoAnnotations | None = None,
     progress: Progress | None = None,
 ) -> ExportSummary:
     """Write the active labels (filtered by split and origin) to ``out`` in format ``fmt``.
@@ -59,11 +62,16 @@ def export_labels(
         overwrite: write into a folder that is not empty (files of the same name are
             replaced, others stay); without it such a folder is refused, so an export never
             mixes silently with an older one.
+        coco_annotations: COCO only: ``instances`` (default: one annotation per connected
+            region of a class) or ``semantic`` (one per class per image).
 
     Raises:
-        DataEngError: ``out`` is a file, or a folder that is not empty (without ``overwrite``).
+        DataEngError: ``out`` is a file, or a folder that is not empty (without ``overwrite``);
+            ``coco_annotations`` with a format other than COCO.
         NothingToDoError: no label matches the filters.
     """
+    if coco_annotations is not None and fmt != "coco":
+        raise DataEngError("--coco-annotations is an option of --format coco only", field="format", value=fmt)
     if out.exists() and (not out.is_dir() or (not overwrite and any(out.iterdir()))):
         raise DataEngError("the export folder must be new or empty (or pass --overwrite)", path=out)
     progress = progress or NullProgress()
@@ -101,7 +109,10 @@ def export_labels(
         )
         progress.advance()
     label_map = LabelMap(workspace.config.classes, workspace.config.aliases)
-    files = get_format(FORMAT_NAMES[fmt]).write(out, records, label_map)
+    options: dict[str, Any] = {}
+    if fmt == "coco":
+        options["coco_annotations"] = coco_annotations or "instances"
+    files = get_format(FORMAT_NAMES[fmt]).write(out, records, label_map, **options)
     if fmt == "masks" and any(r.alpha is not None for r in records):
         # provenance is already in the masks' dataeng.json: no meta, so it is not overwritten
         mattes = [dataclasses.replace(r, meta={}) for r in records if r.alpha is not None]

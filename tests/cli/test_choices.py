@@ -70,7 +70,7 @@ def test_help_lists_the_choices(args: list[str], metavar: str) -> None:
 
 def test_choices_are_str_enums() -> None:
     enums = [v for v in vars(c).values() if isinstance(v, type) and issubclass(v, Enum) and v.__module__ == c.__name__]
-    assert len(enums) == 12
+    assert len(enums) == 13
     for enum in enums:
         assert issubclass(enum, str) and all(member.value == member.name for member in enum), enum
 

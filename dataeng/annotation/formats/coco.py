@@ -4,21 +4,31 @@ Read: each polygon part becomes a polygon shape (group id = the annotation id),
 rasterised later by pycocotools exactly as ``COCO.annToMask`` does; RLE (crowd or not)
 is decoded here by :mod:`dataeng.annotation.rle` into a cropped bitmap shape.
 ``iscrowd``, ``area``, ``bbox``, ``id`` and extra keys are kept in ``Shape.attributes``;
-crowd regions are drawn as their category (they are pixels of people). A file without
-``categories`` (some train2017 subsets) falls back to the COCO 2017 ids (1 = person)
-with a notice; non-contiguous ids are fine (names, not ids, reach the label map). An
-annotation without segmentation (box only) is skipped with a notice. A bad annotation
-refuses its image. A results file (a JSON list of predictions) is refused.
+crowd regions are drawn as their category (they are pixels of people), except those
+dataeng wrote for ignore pixels (``"attributes": {"dataeng_ignore": true}``), which are
+drawn as ``__ignore__``; so is a category named ``__ignore__`` (exports before
+2026-12-02). A file without ``categories`` (some train2017 subsets) falls back to the
+COCO 2017 ids (1 = person) with a notice; non-contiguous ids are fine (names, not ids,
+reach the label map). An annotation without segmentation (box only) is skipped with a
+notice. A bad annotation refuses its image. A results file (a JSON list of predictions)
+is refused.
 
 Images are looked for at ``<file_name>`` and ``images/<file_name>`` beside the JSON,
 or, when the JSON lies in an ``annotations/`` folder, at ``images/<subset>/<file_name>``
 and ``images/<file_name>`` beside that folder (``subset`` from ``instances_<subset>.json``).
 
-Write: ``annotations/instances_default.json`` and ``images/``; one annotation per class
-per image: compressed RLE (default, keeps holes) or, with ``coco_masks="polygon"``, the
-traced exteriors (COCO polygons cannot hold holes: they are lost). Categories are the
-label map's classes with id = class index, plus ``__ignore__``. Provenance goes into a
-``dataeng`` key on each image and annotation.
+Write: ``annotations/instances_default.json`` and ``images/``. With
+``coco_annotations="instances"`` (default) one annotation per 8-connected region of each
+class (the registry keeps class-index masks, not the source's instance ids, so connected
+regions are the instances there are); with ``"semantic"`` one per class per image. Masks
+are compressed RLE (default, keeps holes) or, with ``coco_masks="polygon"``, the traced
+exteriors (COCO polygons cannot hold holes: they are lost). Categories are the label
+map's classes with id = class index; ignore pixels are no category: each 8-connected
+ignore region is an ``iscrowd=1`` RLE annotation (so COCO evaluation ignores detections
+there) of the class :func:`.export.ignore_owner` picks (the class it borders most; the
+only class of a one-class workspace), marked ``"attributes": {"dataeng_ignore": true}``
+so that this reader gives it back as ignore (semantic: one per category). Provenance
+goes into a ``dataeng`` key on each image and annotation.
 """
 
 from __future__ import annotations
@@ -29,7 +39,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dataeng.annotation.formats.export import atomic_write_text, class_regions, copy_image, safe_relative
+from dataeng.annotation.formats.export import (
+    Component,
+    atomic_write_text,
+    class_regions,
+    connected_components,
+    copy_image,
+    ignore_owner,
+    safe_relative,
+)
 from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.paths import resolve_inside
@@ -47,6 +65,12 @@ from dataeng.annotation.types import (
 from dataeng.errors import AnnotationError, UnsupportedFormatError
 
 NAME = "coco"
+
+CocoAnnotations = Literal["instances", "semantic"]
+"""One annotation per connected region of a class (``instances``) or per class (``semantic``)."""
+
+IGNORE_MARKER = "dataeng_ignore"
+"""Key in an annotation's ``attributes`` dict: a crowd region dataeng wrote for ignore pixels."""
 
 _COCO_2017_NAMES = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant - "
@@ -94,6 +118,8 @@ def _shapes(
     ann: dict[str, Any], where: str, label: str, width: int, height: int, path: Path, notices: list[str]
 ) -> list[Shape]:
     seg = ann.get("segmentation")
+    if is_ignore(ann):
+        label = IGNORE_LABEL
     attrs = {k: v for k, v in ann.items() if k not in ("segmentation", "image_id", "category_id")}
     raw_id = ann.get("id")
     group_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
@@ -126,6 +152,12 @@ def _shapes(
         return []
     patch, (x0, y0) = cropped
     return [Shape(label, "bitmap", ((float(x0), float(y0)),), bitmap=patch, group_id=group_id, attributes=attrs)]
+
+
+def is_ignore(ann: dict[str, Any]) -> bool:
+    """An annotation dataeng wrote for ignore pixels (``"attributes": {"dataeng_ignore": true}``)."""
+    attributes = ann.get("attributes")
+    return isinstance(attributes, dict) and attributes.get(IGNORE_MARKER) is True
 
 
 def _image_path(path: Path, root: Path, name: str, where: str) -> Path | None:
@@ -260,6 +292,7 @@ def write(
     records: list[ExportRecord],
     label_map: LabelMap,
     *,
+    coco_annotations: CocoAnnotations = "instances",
     coco_masks: Literal["rle", "polygon"] = "rle",
     tolerance: float = DEFAULT_TOLERANCE,
     copy_images: bool = True,
@@ -269,8 +302,11 @@ def write(
     Args:
         out: export folder.
         records: the labelled images.
-        label_map: class names; category id = class index, ``__ignore__`` = N + 1.
-        coco_masks: ``"rle"`` (exact, keeps holes) or ``"polygon"`` (exteriors only).
+        label_map: class names; category id = class index (ignore is no category).
+        coco_annotations: ``"instances"`` (one annotation per 8-connected region of a
+            class) or ``"semantic"`` (one per class per image).
+        coco_masks: ``"rle"`` (exact, keeps holes) or ``"polygon"`` (exteriors only);
+            ignore (crowd) regions are RLE either way.
         tolerance: polygon simplification in pixels.
         copy_images: copy ``record.image_path`` to ``images/<image_name>``.
 
@@ -278,13 +314,44 @@ def write(
         The JSON file written; it loads with ``pycocotools.coco.COCO``.
 
     Raises:
-        ValueError: a record does not fit its size or the label map, or has an unsafe name.
+        ValueError: a record does not fit its size or the label map, or has an unsafe name;
+            an unknown ``coco_annotations``; ignore pixels with a label map of no class.
     """
-    ignore_id = label_map.num_classes + 1
+    if coco_annotations not in ("instances", "semantic"):
+        raise ValueError(f"coco_annotations must be 'instances' or 'semantic', got {coco_annotations!r}")
     categories = [{"id": i, "name": n, "supercategory": ""} for i, n in label_map.names.items() if i != 0]
-    categories.append({"id": ignore_id, "name": IGNORE_LABEL, "supercategory": ""})
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+
+    def add(image_id: int, record: ExportRecord, class_index: int, region: np.ndarray | Component, crowd: bool) -> None:
+        if isinstance(region, Component):  # its box is known: no search of the whole image
+            (x, y), (h, w) = region.origin, region.patch.shape
+            bbox = [x, y, w, h]
+            pixels = region.full(record.height, record.width)
+        else:
+            pixels = region
+            ys, xs = np.nonzero(pixels)
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        segmentation: Any
+        if coco_masks == "polygon" and not crowd:
+            segmentation = [[c for point in polygon.exterior for c in point] for polygon in trace(pixels, 1, tolerance)]
+        else:
+            segmentation = encode_coco_rle(pixels)
+        ann: dict[str, Any] = {
+            "id": len(annotations) + 1,
+            "image_id": image_id,
+            "category_id": class_index,
+            "segmentation": segmentation,
+            "area": coco_area(segmentation) if isinstance(segmentation, dict) else float(pixels.sum()),
+            "bbox": bbox,
+            "iscrowd": int(crowd),
+        }
+        if crowd:
+            ann["attributes"] = {IGNORE_MARKER: True}
+        if record.meta:
+            ann["dataeng"] = record.meta
+        annotations.append(ann)
+
     for index, record in enumerate(records, start=1):
         rel = safe_relative(record.image_name)
         image: dict[str, Any] = {
@@ -296,28 +363,27 @@ def write(
         if record.meta:
             image["dataeng"] = record.meta
         images.append(image)
+        size = (record.height, record.width)
         for region in class_regions(record, label_map):
-            ys, xs = np.nonzero(region.pixels)
-            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-            segmentation: Any
-            if coco_masks == "polygon":
-                segmentation = [
-                    [c for point in polygon.exterior for c in point] for polygon in trace(region.pixels, 1, tolerance)
-                ]
+            if region.class_index == IGNORE_INDEX:
+                continue
+            if coco_annotations == "semantic":
+                add(index, record, region.class_index, region.pixels, False)
             else:
-                segmentation = encode_coco_rle(region.pixels)
-            ann: dict[str, Any] = {
-                "id": len(annotations) + 1,
-                "image_id": index,
-                "category_id": ignore_id if region.class_index == IGNORE_INDEX else region.class_index,
-                "segmentation": segmentation,
-                "area": coco_area(segmentation) if isinstance(segmentation, dict) else float(region.pixels.sum()),
-                "bbox": bbox,
-                "iscrowd": 0,
-            }
-            if record.meta:
-                ann["dataeng"] = record.meta
-            annotations.append(ann)
+                for component in connected_components(region.pixels):
+                    add(index, record, region.class_index, component, False)
+        ignore = record.mask == IGNORE_INDEX
+        if ignore.any():
+            owned = [(ignore_owner(record.mask, c, label_map), c) for c in connected_components(ignore)]
+            if coco_annotations == "semantic":
+                for owner in sorted({o for o, _ in owned}):
+                    union = np.zeros(size, dtype=bool)
+                    for _, c in (item for item in owned if item[0] == owner):
+                        union |= c.full(*size)
+                    add(index, record, owner, union, True)
+            else:
+                for owner, c in owned:
+                    add(index, record, owner, c, True)
         if copy_images:
             copy_image(record, out / "images" / rel)
     payload = {

@@ -2,7 +2,8 @@
 
 Writers never trace or encode on their own: regions come from :mod:`..trace`, RLE from
 :mod:`..rle`. Ignore pixels are written as shapes labelled ``__ignore__`` in every
-format, so that reading the export back restores IGNORE_INDEX.
+format but COCO (there: crowd regions of the class :func:`ignore_owner` picks, marked
+``dataeng_ignore``), so that reading the export back restores IGNORE_INDEX.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from dataeng.annotation.trace import DEFAULT_TOLERANCE, trace
@@ -68,6 +70,65 @@ def class_regions(record: ExportRecord, label_map: LabelMap) -> list[ClassRegion
     check_record(record, label_map)
     present = sorted(set(np.unique(record.mask).tolist()) - {BACKGROUND})
     return [ClassRegion(value, label_of(value, label_map), record.mask == value) for value in present]
+
+
+CONNECTIVITY = 8
+"""Pixel connectivity of :func:`connected_components`: the same regions :func:`..trace.trace`
+traces (``findContours`` follows 8-connected outlines), so a region is one instance whichever
+way it is written, RLE or polygon."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One connected region of a bool mask: its tight patch and the patch's top-left (x, y)."""
+
+    patch: np.ndarray
+    origin: tuple[int, int]
+
+    def full(self, height: int, width: int) -> np.ndarray:
+        """The region as a bool ``height`` x ``width`` mask."""
+        out = np.zeros((height, width), dtype=bool)
+        x, y = self.origin
+        out[y : y + self.patch.shape[0], x : x + self.patch.shape[1]] = self.patch
+        return out
+
+
+def connected_components(pixels: np.ndarray) -> list[Component]:
+    """The :data:`CONNECTIVITY`-connected regions of a bool mask, in OpenCV's label order
+    (by the first pixel met in raster order)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        np.ascontiguousarray(pixels, dtype=np.uint8), connectivity=CONNECTIVITY
+    )
+    out = []
+    for k in range(1, count):
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        out.append(Component(np.ascontiguousarray(labels[y : y + h, x : x + w] == k), (x, y)))
+    return out
+
+
+def ignore_owner(mask: np.ndarray, component: Component, label_map: LabelMap) -> int:
+    """The class an ignore region is written as, in formats where ignore must be a class
+    (COCO crowd regions): the class with the most pixels on the region's 8-neighbour border,
+    the lowest index on a tie, the first class when only background (or the image edge)
+    touches it.
+
+    Raises:
+        ValueError: the label map has no class.
+    """
+    if label_map.num_classes == 0:
+        raise ValueError("ignore pixels need a class to be written under, and the label map has none")
+    height, width = mask.shape
+    x, y = component.origin
+    h, w = component.patch.shape
+    x0, y0, x1, y1 = max(0, x - 1), max(0, y - 1), min(width, x + w + 1), min(height, y + h + 1)
+    inside = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    inside[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = component.patch
+    border = cv2.dilate(inside, np.ones((3, 3), np.uint8)).astype(bool) & ~inside.astype(bool)
+    values = mask[y0:y1, x0:x1][border]
+    values = values[(values != BACKGROUND) & (values <= label_map.num_classes)]
+    if values.size == 0:
+        return 1
+    return int(np.argmax(np.bincount(values)))
 
 
 @dataclass(frozen=True)
