@@ -148,3 +148,22 @@ def test_cli_pseudolabel_with_mediapipe_on_real_portraits(tmp_path: Path, shared
                  for label in s.scalars(select(Label))]
         # Real head-and-shoulders photos: every mask has a person, none is all person.
         assert all(0.05 < (m == 1).mean() < 0.95 for m in masks)
+
+
+def test_cli_round_from_an_onnx_teacher_without_val_labels_says_nothing_can_be_promoted(tmp_path: Path) -> None:
+    from dataeng.cli.round import NO_VAL_NOTE
+    from dataeng.config import TrainConfig
+
+    config = Config(train=TrainConfig(encoder="tu-mobilenetv3_small_050", encoder_depth=3, image_size=(64, 64),
+                                      batch_size=4, num_workers=0, device="cpu", warmup_epochs=0.0, epochs=1),
+                    pseudolabel=ACCEPT_ALL.pseudolabel)
+    ws, _ = make_workspace(tmp_path, n_train=4, n_val=1, n_test=1, labelled=False, config=config)
+    model = brightness_model(tmp_path / "bright.onnx", sidecar=CONTRACT)
+    result = CliRunner().invoke(app, ["round", "--teacher", str(model), "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert " ".join(NO_VAL_NOTE.split()[:8]) in " ".join(result.stdout.split())
+    # Next time the registered teacher is the default: no round 0 (which would need human labels).
+    result = CliRunner().invoke(app, ["round", "--json", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["round"] == 2 and row["teacher_run_id"] == _runs(ws, "teacher")[0].id
