@@ -288,6 +288,7 @@ class OnnxTeacher:
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.own = props.get("dataeng.format") == FORMAT
         self.contract = self._contract()
+        self.predictor()  # its inputs and outputs are checked before the teacher is registered
 
     def _contract(self) -> OnnxContract:
         if self.own:

@@ -109,7 +109,7 @@ def build_report(workspace: Workspace, session: Session, *, gallery: bool = True
         dataset=dataset, growth=growth, batches=queries.batch_growth(session), quality=quality,
         best_run_id=best.id if best else None, test_metrics_available=test_available, pseudo=pseudo,
         worst_test=worst, review_queue=queue, review=review,
-        runs=_runs(queries.runs_of_kind(session, ("train", "pseudolabel", "evaluate"))), notes=notes,
+        runs=_runs(queries.runs_of_kind(session, ("train", "teacher", "pseudolabel", "evaluate"))), notes=notes,
     )
     return dataclasses.replace(report, plots=draw_all(report))
 
@@ -247,7 +247,9 @@ def _runs(runs: list[Run]) -> list[RunRow]:
     out = []
     for r in runs:
         metrics = r.metrics or {}
-        test = metrics.get("test") if r.kind == "train" else (metrics if r.config.get("split") == "test" else None)
+        # train runs keep their test metrics from training, external teachers from their evaluations
+        test = (metrics.get("test") if r.kind in ("train", "teacher")
+                else (metrics if r.config.get("split") == "test" else None))
         duration = (r.finished_at - r.started_at).total_seconds() if r.finished_at and r.started_at else None
         out.append(RunRow(r.id, r.kind, r.round, r.status, r.device, duration,
                           {k: flat[r.id].get(k) for k in sorted(differing[r.kind])}, val_miou(r),

@@ -95,6 +95,11 @@ def test_evaluate_scores_an_external_teacher_and_keeps_it_on_its_run(tmp_path: P
         assert row.metrics["val"]["miou"] == pytest.approx(val.metrics["miou"])
         assert best_run(s) is None  # predict/export keep to trained runs
         assert best_run(s, external=True).id == teacher.id  # the default teacher
+        from dataeng.engine.report.build import build_report
+
+        [row] = [r for r in build_report(ws, s, gallery=False).runs if r.kind == "teacher"]
+        assert row.id == teacher.id and row.test_iou == pytest.approx(test.metrics["iou"])
+        assert row.val_miou == pytest.approx(val.metrics["miou"])  # side by side with trained runs
 
 
 def test_a_zero_label_start_trains_a_student_and_keeps_the_teacher_without_val(tmp_path: Path) -> None:
