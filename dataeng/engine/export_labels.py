@@ -1,7 +1,8 @@
 """``dataeng export labels``: the registry's active labels, out in any annotation format.
 
-Images go alongside (the format writers copy them; names are ``<split>/<stem>_<sha8><ext>``
-so that two source files with the same name never collide), ignore regions as
+Images go alongside (the format writers copy them; records are named ``<split>/<stem>_<sha8><ext>``,
+so that two source files with the same name never collide; the masks writer flattens the
+split away and CVAT writes it as each image's ``subset``), ignore regions as
 ``__ignore__`` shapes (COCO: crowd regions marked ``dataeng_ignore``), provenance (label
 id, origin, source, run, round) in each format's metadata. Ingesting the export into a
 fresh workspace reproduces the masks and, because splits are a hash of image content,

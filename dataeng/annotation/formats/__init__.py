@@ -102,7 +102,8 @@ def unreadable_json(folder: Path, claimed: set[Path]) -> list[AnnotationError]:
     """The ``.json`` files in an ingested folder that no format claimed because they are not
     usable JSON at all (truncated, not UTF-8, nested too deeply) or hold a bare list: each an
     error to record, so nothing is skipped silently. Other JSON (tool settings, our own
-    ``dataeng.json``) is left alone.
+    ``dataeng.json`` and ``dataset_meta.json``) and CVAT label lists (``cvat_labels.json``
+    of a CVAT export, :func:`.cvat.is_label_spec`) are left alone.
     """
     out: list[AnnotationError] = []
     files = [folder] if folder.is_file() else sorted(folder.rglob("*.json"))
@@ -116,7 +117,7 @@ def unreadable_json(folder: Path, claimed: set[Path]) -> list[AnnotationError]:
         except AnnotationError as e:
             out.append(e)
             continue
-        if isinstance(data, list):
+        if isinstance(data, list) and not cvat.is_label_spec(data):
             out.append(AnnotationError("a JSON list is not an annotation format dataeng reads (a COCO results "
                                        "file? give the instances file)", path=path, value="list"))
     return out

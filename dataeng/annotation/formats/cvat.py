@@ -11,17 +11,28 @@ is kept as ``width``/``height`` (it can differ from the real image: call
 ``images/<subset>/<name>``, ``images/<name>`` then ``<name>`` beside the XML; a missing
 image gives ``image_path=None``. A bad shape refuses its image only.
 
-Write: a task export ``annotations.xml`` plus ``images/``; each class region is one
-``<mask>`` (RLE, exact, keeps holes) or, with ``cvat_masks="polygon"``, one
+Write: ``annotations.xml`` plus ``images/`` and ``cvat_labels.json``; each class region
+is one ``<mask>`` (RLE, exact, keeps holes) or, with ``cvat_masks="polygon"``, one
 ``<polygon>`` per traced ring with holes as ``_background_`` polygons on a higher
 ``z_order``. Provenance goes into text attributes named ``dataeng_<key>`` declared on
-every label.
+every label. Records whose ``meta["split"]`` is set are written as a CVAT *project*
+export (the only CVAT XML whose ``<image>`` carries ``subset``; datumaro drops
+``subset``-tagged images of a task export): one ``<task>`` per subset in ``<meta>``,
+``subset`` and ``task_id`` on each ``<image>``, the name without the split folder
+(``train/a_1234abcd.jpg`` -> ``a_1234abcd.jpg``) and the file at
+``images/<subset>/<name>``, where CVAT's project export puts it. Without splits it is a
+task export, files at ``images/<name>``. Image ids follow name order. Every label a
+shape or tag may use is declared in ``<meta>`` (tags, e.g. ``reviewed``, with type
+``tag``), and the same declarations go to ``cvat_labels.json``, a label list that CVAT's
+label constructor (Raw) accepts (:func:`label_spec`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +43,7 @@ from defusedxml import DefusedXmlException
 
 from dataeng.annotation.formats.export import (
     HOLE_LABEL,
+    PROVENANCE_PREFIX,
     atomic_write_text,
     class_regions,
     copy_image,
@@ -40,10 +52,13 @@ from dataeng.annotation.formats.export import (
     safe_relative,
 )
 from dataeng.annotation.formats.result import ReadResult
+from dataeng.annotation.masks import _voc_palette
 from dataeng.annotation.paths import resolve_inside
 from dataeng.annotation.rle import crop_to_content, decode_cvat_rle, encode_cvat_rle, parse_cvat_rle
 from dataeng.annotation.trace import DEFAULT_TOLERANCE
 from dataeng.annotation.types import (
+    BACKGROUND,
+    IGNORE_INDEX,
     IGNORE_LABEL,
     MAX_BITMAP_PIXELS,
     MAX_COORDINATE,
@@ -56,6 +71,10 @@ from dataeng.annotation.types import (
 from dataeng.errors import AnnotationError, UnsupportedFormatError
 
 NAME = "cvat"
+LABELS_FILE = "cvat_labels.json"
+"""The label list for CVAT's constructor (Raw), written beside ``annotations.xml``."""
+ATTRIBUTE_INPUT_TYPES = ("checkbox", "radio", "number", "text", "select")
+"""The attribute ``input_type`` values CVAT accepts."""
 _SKIPPED = {"polyline", "points", "skeleton", "cuboid", "ellipse", "tag"}
 
 
@@ -285,7 +304,136 @@ def _sub(parent: Element, tag: str, text: str | None = None, **attrib: str) -> E
 
 def _provenance(el: Element, meta: dict[str, Any]) -> None:
     for key, value in meta.items():
-        _sub(el, "attribute", "" if value is None else str(value), name=f"dataeng_{key}")
+        _sub(el, "attribute", "" if value is None else str(value), name=f"{PROVENANCE_PREFIX}{key}")
+
+
+def _colour(index: int) -> str:
+    """``#rrggbb`` (lower case: older CVAT accepts no other) of palette entry ``index`` (mod 256)."""
+    index %= 256
+    r, g, b = _voc_palette()[3 * index : 3 * index + 3]
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def label_spec(
+    label_map: LabelMap,
+    attribute_keys: Sequence[str] = (),
+    *,
+    holes: bool = False,
+    tags: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """The labels a CVAT export declares, as CVAT's label constructor (Raw) takes them.
+
+    One entry per label: ``name``, ``color`` (the masks' palette colour of its class
+    index), ``type`` (``any``; ``tag`` for ``tags``) and ``attributes``: one immutable
+    text attribute ``dataeng_<key>`` per ``attribute_keys`` on the shape labels
+    (``{name, mutable, input_type, default_value, values}``; CVAT refuses an empty
+    ``values`` list, so a text attribute has ``[""]``).
+
+    Args:
+        label_map: the classes (then ``__ignore__``).
+        attribute_keys: provenance keys written on shapes.
+        holes: declare ``_background_`` (polygon exports draw holes with it).
+        tags: image tag labels (e.g. the review's ``reviewed``).
+    """
+    attributes = [
+        {"name": f"{PROVENANCE_PREFIX}{key}", "mutable": False, "input_type": "text", "default_value": "",
+         "values": [""]}
+        for key in attribute_keys
+    ]
+    shapes = [(name, i + 1) for i, name in enumerate(label_map.classes)] + [(IGNORE_LABEL, IGNORE_INDEX)]
+    if holes:
+        shapes.append((HOLE_LABEL, BACKGROUND))
+    spec = [{"name": name, "color": _colour(index), "type": "any", "attributes": [dict(a) for a in attributes]}
+            for name, index in shapes]
+    taken = {name for name, _ in shapes}
+    for k, name in enumerate(tags):
+        if name in taken:
+            raise ValueError(f"tag label {name!r} is also a shape label")
+        spec.append({"name": name, "color": _colour(len(label_map.classes) + 1 + k), "type": "tag",
+                     "attributes": []})
+    return spec
+
+
+def is_label_spec(data: object) -> bool:
+    """True for a CVAT label list (what :func:`label_spec` makes, or CVAT's Raw label editor
+    shows): a non-empty JSON list of objects that each have ``name`` and ``attributes``."""
+    return isinstance(data, list) and bool(data) and all(
+        isinstance(label, dict) and isinstance(label.get("name"), str) and isinstance(label.get("attributes"), list)
+        for label in data
+    )
+
+
+def _xml_labels(parent: Element, spec: list[dict[str, Any]]) -> None:
+    labels_el = _sub(parent, "labels")
+    for label in spec:
+        label_el = _sub(labels_el, "label")
+        _sub(label_el, "name", label["name"])
+        _sub(label_el, "color", label["color"])
+        _sub(label_el, "type", label["type"])
+        attrs_el = _sub(label_el, "attributes")
+        for attribute in label["attributes"]:
+            attr = _sub(attrs_el, "attribute")
+            _sub(attr, "name", attribute["name"])
+            _sub(attr, "mutable", str(attribute["mutable"]))
+            _sub(attr, "input_type", attribute["input_type"])
+            _sub(attr, "default_value", attribute["default_value"])
+            _sub(attr, "values", "\n".join(attribute["values"]))
+
+
+def _placed(records: list[ExportRecord]) -> list[tuple[str | None, str, ExportRecord]]:
+    """``(subset, name, record)`` in name order: the subset is ``meta["split"]`` and a leading
+    folder of that name leaves the name. With splits, a record without one is ``default``.
+
+    Raises:
+        ValueError: an unsafe name, or two records with the same name in one subset.
+    """
+    placed = []
+    for record in records:
+        split = record.meta.get("split")
+        subset = str(split) if split not in (None, "") else None
+        rel = safe_relative(record.image_name)
+        if subset is not None and len(rel.parts) > 1 and rel.parts[0] == subset:
+            rel = Path(*rel.parts[1:])
+        placed.append((subset, rel.as_posix(), record))
+    if any(subset is not None for subset, _, _ in placed):
+        placed = [(subset or "default", name, record) for subset, name, record in placed]
+    placed.sort(key=lambda item: (item[1], item[0] or ""))
+    seen: set[tuple[str | None, str]] = set()
+    for subset, name, _ in placed:
+        if (subset, name) in seen:
+            raise ValueError(f"two images named {name!r}" + (f" in subset {subset!r}" if subset else ""))
+        seen.add((subset, name))
+    return placed
+
+
+def _meta(doc: Element, placed: list[tuple[str | None, str, ExportRecord]], spec: list[dict[str, Any]],
+          task_name: str) -> dict[str, int]:
+    """``<meta>``: a task, or a project with one task per subset; returns subset -> task id."""
+    meta = _sub(doc, "meta")
+    subsets = sorted({subset for subset, _, _ in placed if subset is not None})
+    task_ids = {subset: k + 1 for k, subset in enumerate(subsets)}
+    if not subsets:
+        task = _sub(meta, "task")
+        _sub(task, "name", task_name)
+        _sub(task, "size", str(len(placed)))
+        _sub(task, "mode", "annotation")
+        _xml_labels(task, spec)
+    else:
+        project = _sub(meta, "project")
+        _sub(project, "name", task_name)
+        tasks = _sub(project, "tasks")
+        for subset in subsets:
+            task = _sub(tasks, "task")
+            _sub(task, "id", str(task_ids[subset]))
+            _sub(task, "name", f"{task_name} {subset}")
+            _sub(task, "size", str(sum(1 for s, _, _ in placed if s == subset)))
+            _sub(task, "mode", "annotation")
+            _sub(task, "overlap", "0")
+            _sub(task, "subset", subset)
+        _sub(project, "subsets", "\n".join(subsets))
+        _xml_labels(project, spec)
+    _sub(meta, "dumped", datetime.now(UTC).isoformat())
+    return task_ids
 
 
 def write(
@@ -297,8 +445,11 @@ def write(
     tolerance: float = DEFAULT_TOLERANCE,
     copy_images: bool = True,
     task_name: str = "dataeng export",
+    tags: Sequence[str] = (),
 ) -> list[Path]:
-    """Write a CVAT for images 1.1 task export: ``out/annotations.xml`` and ``out/images/``.
+    """Write a CVAT for images 1.1 export: ``out/annotations.xml``, ``out/cvat_labels.json``
+    and ``out/images/`` (a project export when records have ``meta["split"]``, see the
+    module docstring).
 
     Args:
         out: export folder.
@@ -307,42 +458,29 @@ def write(
         cvat_masks: ``"mask"`` (RLE, exact) or ``"polygon"`` (traced, holes as
             ``_background_`` polygons above).
         tolerance: polygon simplification in pixels.
-        copy_images: copy ``record.image_path`` to ``images/<image_name>``.
-        task_name: the task name in ``<meta>``.
+        copy_images: copy ``record.image_path`` to ``images/[<subset>/]<name>``.
+        task_name: the task (or project) name in ``<meta>``.
+        tags: image tag labels to declare (type ``tag``), e.g. ``("reviewed",)``.
 
     Returns:
-        ``[out / "annotations.xml"]``.
+        ``[out / "annotations.xml", out / "cvat_labels.json"]``.
 
     Raises:
-        ValueError: a record does not fit its size or the label map, or has an unsafe name.
+        ValueError: a record does not fit its size or the label map, has an unsafe name, or
+            shares its name (within its subset) with another record.
     """
     keys = sorted({key for record in records for key in record.meta})
+    spec = label_spec(label_map, keys, holes=cvat_masks == "polygon", tags=tags)
+    placed = _placed(records)
     doc = Element("annotations")
     _sub(doc, "version", "1.1")
-    task = _sub(_sub(doc, "meta"), "task")
-    _sub(task, "name", task_name)
-    _sub(task, "size", str(len(records)))
-    _sub(task, "mode", "annotation")
-    labels_el = _sub(task, "labels")
-    names = [*label_map.classes, IGNORE_LABEL] + ([HOLE_LABEL] if cvat_masks == "polygon" else [])
-    for name in names:
-        label_el = _sub(labels_el, "label")
-        _sub(label_el, "name", name)
-        _sub(label_el, "type", "any")
-        attrs_el = _sub(label_el, "attributes")
-        for key in keys:
-            attr = _sub(attrs_el, "attribute")
-            _sub(attr, "name", f"dataeng_{key}")
-            _sub(attr, "mutable", "False")
-            _sub(attr, "input_type", "text")
-            _sub(attr, "default_value", "")
-            _sub(attr, "values", "")
-    _sub(doc.find("meta"), "dumped", datetime.now(UTC).isoformat())  # type: ignore[arg-type]
-    for index, record in enumerate(records):
-        rel = safe_relative(record.image_name)
-        image_el = _sub(
-            doc, "image", id=str(index), name=rel.as_posix(), width=str(record.width), height=str(record.height)
-        )
+    task_ids = _meta(doc, placed, spec, task_name)
+    declared = {label["name"] for label in spec}
+    for index, (subset, name, record) in enumerate(placed):
+        attrib = {"id": str(index), "name": name}
+        if subset is not None:
+            attrib |= {"subset": subset, "task_id": str(task_ids[subset])}
+        image_el = _sub(doc, "image", **attrib, width=str(record.width), height=str(record.height))
         if cvat_masks == "polygon":
             for z, item in enumerate(flat_draw_items(record, label_map, tolerance)):
                 points = ";".join(f"{x:.2f},{y:.2f}" for x, y in item.ring)
@@ -371,11 +509,15 @@ def write(
                     z_order="0",
                 )
                 _provenance(el, record.meta)
+        undeclared = {el.get("label", "") for el in image_el} - declared
+        assert not undeclared, f"labels used but not declared: {sorted(undeclared)}"
         if copy_images:
-            copy_image(record, out / "images" / rel)
+            copy_image(record, out / "images" / (f"{subset}/{name}" if subset is not None else name))
     ET.indent(doc)
     xml_path = out / "annotations.xml"
     atomic_write_text(
         xml_path, '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(doc, encoding="unicode") + "\n"
     )
-    return [xml_path]
+    labels_path = out / LABELS_FILE
+    atomic_write_text(labels_path, json.dumps(spec, indent=2) + "\n")
+    return [xml_path, labels_path]

@@ -15,19 +15,28 @@ How pixel values become classes (``meta["mask_rule"]``):
 
 Each class becomes one bitmap shape with ``attributes["class_index"]`` (the label is
 ``class <n>``, or ``__ignore__``). Write: ``masks/<stem>.png`` as palette PNGs (never
-ambiguous), images copied to ``images/``, provenance in ``dataeng.json``.
+ambiguous), images copied to ``images/<stem>.<ext>`` (flat, see
+:func:`.paired_folders.write_pairs`), provenance in ``dataeng.json``, and the class map
+in ``dataset_meta.json`` (datumaro's ``common_semantic_segmentation`` layout, the
+OpenVINO accuracy checker's meta file): ``label_map`` (mask value -> name: ``0``
+``_background_``, ``1..N`` the classes, ``255`` ``__ignore__``), ``segmentation_colors``
+(the masks' palette, all 256 entries, indexed by mask value) and ``background_label``.
+Datumaro refuses a mask colour the class map does not name, so ignore is declared as an
+ordinary label ``__ignore__`` (its datumaro label id is then N + 1, not 255).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dataeng.annotation.formats.export import atomic_write_text
 from dataeng.annotation.formats.paired_folders import label_folder, pairs, read_provenance, write_pairs
 from dataeng.annotation.formats.result import ReadResult
-from dataeng.annotation.masks import write_palette_mask
+from dataeng.annotation.masks import _voc_palette, write_palette_mask
 from dataeng.annotation.rle import crop_to_content
 from dataeng.annotation.types import (
     BACKGROUND,
@@ -44,6 +53,8 @@ NAME = "mask_folder"
 FOLDER_NAMES = ("masks",)
 MAX_CLASS_VALUES = 32
 SOFT_THRESHOLD = 128
+CLASS_MAP_FILE = "dataset_meta.json"
+"""The class map beside ``images/`` and ``masks/`` (datumaro's ``DATASET_META_FILE``)."""
 
 
 def detect(path: Path) -> bool:
@@ -146,15 +157,34 @@ def read(path: Path, *, root: Path | None = None) -> ReadResult:
     return result
 
 
+def class_map(label_map: LabelMap) -> dict[str, object]:
+    """The ``dataset_meta.json`` content for ``label_map`` (see the module docstring)."""
+    names = {**label_map.names, IGNORE_INDEX: IGNORE_LABEL}
+    palette = _voc_palette()  # the one write_palette_mask gives every mask
+    return {
+        "labels": list(names.values()),
+        "label_map": {str(index): name for index, name in names.items()},
+        "segmentation_colors": [palette[i : i + 3] for i in range(0, len(palette), 3)],
+        "background_label": str(BACKGROUND),
+    }
+
+
 def write(out: Path, records: list[ExportRecord], label_map: LabelMap, *, copy_images: bool = True) -> list[Path]:
-    """Write ``masks/<stem>.png`` (palette PNG, class indices) and ``images/`` under ``out``.
+    """Write ``masks/<stem>.png`` (palette PNG, class indices), ``images/`` and the class map
+    ``dataset_meta.json`` under ``out``.
 
     Returns:
-        The mask files written (and ``dataeng.json`` with provenance, when there is any).
+        The mask files written (and ``dataeng.json`` with provenance, when there is any),
+        then ``dataset_meta.json``.
 
     Raises:
-        ValueError: a record does not fit its size or the label map, or has an unsafe name.
+        ValueError: a record does not fit its size or the label map, has an unsafe name, or
+            shares its file stem with another record.
     """
-    return write_pairs(
+    written = write_pairs(
         out, records, label_map, FOLDER_NAMES[0], lambda path, r: write_palette_mask(path, r.mask), copy_images
     )
+    meta_path = out / CLASS_MAP_FILE
+    entries = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in class_map(label_map).items()]
+    atomic_write_text(meta_path, "{\n" + ",\n".join(entries) + "\n}\n")  # one line per key
+    return [*written, meta_path]

@@ -89,14 +89,27 @@ def write_pairs(
     """Write ``<folder>/<stem>.png`` per record with ``write_label``, images to ``images/``,
     and provenance (each record's ``meta``) to ``dataeng.json``.
 
+    The layout is flat: each file is written under the base name of its ``image_name``
+    (``train/a_1234abcd.jpg`` -> ``images/a_1234abcd.jpg``, ``<folder>/a_1234abcd.png``).
+    Readers that match masks to images by base name (datumaro's
+    ``common_semantic_segmentation``) need that; dataeng's reader takes both layouts.
+
     Returns:
         The label files written, then ``dataeng.json`` when there was provenance.
+
+    Raises:
+        ValueError: two records have the same base name (or a name is unsafe).
     """
     written: list[Path] = []
     provenance: dict[str, object] = {}
+    seen: dict[str, str] = {}
     for record in records:
         check_record(record, label_map)
-        rel = safe_relative(record.image_name)
+        rel = Path(safe_relative(record.image_name).name)
+        if rel.stem in seen:
+            raise ValueError(f"{seen[rel.stem]!r} and {record.image_name!r} would both be written as "
+                             f"{rel.stem}: the {folder}/ layout is flat, file stems must be unique")
+        seen[rel.stem] = record.image_name
         path = out / folder / rel.with_suffix(".png")
         write_label(path, record)
         if copy_images:

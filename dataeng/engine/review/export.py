@@ -27,7 +27,6 @@ folder renamed into place in one transaction.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -39,10 +38,9 @@ import numpy as np
 from sqlalchemy import exists, func, select
 
 from dataeng.annotation.formats import cvat, labelme
-from dataeng.annotation.formats.export import HOLE_LABEL
 from dataeng.annotation.masks import read_mask, write_mask
 from dataeng.annotation.rasterize import rasterize, scale_shapes
-from dataeng.annotation.types import IGNORE_INDEX, IGNORE_LABEL, ExportRecord, LabelMap
+from dataeng.annotation.types import IGNORE_INDEX, ExportRecord, LabelMap
 from dataeng.db.queries import review_queue
 from dataeng.db.schema import Image, Label, Review, utcnow
 from dataeng.engine.learn.data import eval_loader
@@ -66,7 +64,7 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT = 50
 REVIEWED_FLAG = "reviewed"
 """The Labelme image flag (and CVAT image tag) an annotator ticks to say 'checked'."""
-CVAT_LABELS_NAME = "cvat_labels.json"
+CVAT_LABELS_NAME = cvat.LABELS_FILE
 
 
 @dataclass(frozen=True)
@@ -337,10 +335,9 @@ def _write_files(workspace: Workspace, tmp: Path, planned: list[_Planned], label
         files = labelme.write(tmp, records, label_map, flags={REVIEWED_FLAG: False}, copy_images=False)
         annotations = [labelme.read_file(f, tmp)[0] for f in files]
     else:
-        (tmp / CVAT_LABELS_NAME).write_text(json.dumps(_cvat_labels(label_map, cvat_shapes), indent=2) + "\n",
-                                            encoding="utf-8")
+        # cvat_labels.json too: the classes, __ignore__, holes, and the reviewed tag
         cvat.write(tmp, records, label_map, cvat_masks=cvat_shapes, copy_images=False,
-                   task_name="dataeng review")
+                   task_name="dataeng review", tags=(REVIEWED_FLAG,))
         by_name = {a.image_name: a for a in cvat.read(tmp / "annotations.xml").items}
         annotations = [by_name[p.name] for p in planned]
     prefills = []
@@ -360,13 +357,6 @@ def draw(annotation: Any, label_map: LabelMap, width: int, height: int) -> np.nd
             and (annotation.width, annotation.height) != (width, height):
         annotation = scale_shapes(annotation, width, height)
     return rasterize(annotation, label_map, width, height).mask
-
-
-def _cvat_labels(label_map: LabelMap, cvat_shapes: str) -> list[dict[str, Any]]:
-    """Labels for CVAT's task constructor ('Raw'): classes, ignore, holes, and the ``reviewed`` tag."""
-    names = [*label_map.classes, IGNORE_LABEL] + ([HOLE_LABEL] if cvat_shapes == "polygon" else [])
-    return ([{"name": n, "type": "any", "attributes": []} for n in names]
-            + [{"name": REVIEWED_FLAG, "type": "tag", "attributes": []}])
 
 
 def _register(workspace: Workspace, session: Session, tmp: Path, out: Path, planned: list[_Planned],
