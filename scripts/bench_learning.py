@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Row]:
     parser.add_argument("--rows", default="abcdef")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_learning")
     parser.add_argument("--small", action="store_true", help="the CI version: 64x64, N=30, 40 test, pool 120, "
-                                                                 "budget 600 (tests/test_bench_learning.py)")
+                                                                 "budget 1500 (tests/test_bench_learning.py)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.small:
-        args.n, args.test, args.pool, args.size, args.budget = 30, 40, 120, "64x64", 600
+        args.n, args.test, args.pool, args.size, args.budget = 30, 40, 120, "64x64", 1500
     args.image_size = tuple(int(v) for v in args.size.lower().split("x"))
     if not (args.data / "images").is_dir():
         print(f"no benchmark data at {args.data}", file=sys.stderr)
