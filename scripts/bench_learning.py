@@ -75,7 +75,8 @@ def _workspace(out: Path, name: str, args: argparse.Namespace, inputs: list[Path
     folders = [sub for p in inputs for sub in (p / "images", p / "masks") if sub.is_dir()]
     with ws.session() as s:
         summary = ingest(ws, s, [str(p) for p in folders], workers=1)
-    print(f"  workspace {name}: {summary}", flush=True) if os.environ.get("BENCH_VERBOSE") else None
+    if os.environ.get("BENCH_VERBOSE"):
+        print(f"  workspace {name}: {summary}", flush=True)
     return ws
 
 
@@ -103,6 +104,7 @@ def _pseudo_accuracy(ws: Any, truth: dict[str, Path], teacher_run_id: int) -> di
     from sqlalchemy import select
 
     from dataeng.annotation.masks import read_mask
+    from dataeng.annotation.types import IGNORE_INDEX
     from dataeng.db.schema import Image, Label
 
     kept_iou, full_iou, kept_share = [], [], []
@@ -115,7 +117,7 @@ def _pseudo_accuracy(ws: Any, truth: dict[str, Path], teacher_run_id: int) -> di
                 continue
             true = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
             pred = read_mask(ws.root / label.mask_path)
-            kept = pred != 255
+            kept = pred != IGNORE_INDEX
             p, t = pred == 1, true
             kept_iou.append(_iou(p[kept], t[kept]))
             full_iou.append(_iou(p, t))

@@ -23,17 +23,18 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from dataeng.errors import ModelError
+from dataeng.models.inference import resize_probabilities
 from dataeng.storage import file_sha256
 
 MEDIAPIPE_INSTALL = "pip install 'dataeng[mediapipe]'"
@@ -74,8 +75,8 @@ class ExternalTeacher(Protocol):
 
     def identity(self) -> TeacherIdentity: ...
 
-    def predictor(self, threads: int | None = None) -> Any:
-        """A :class:`~dataeng.models.inference.Predictor` (CPU; ``threads`` for the runtime's pool)."""
+    def predictor(self) -> Any:
+        """A :class:`~dataeng.models.inference.Predictor` (CPU)."""
         ...
 
 
@@ -154,12 +155,13 @@ class MediaPipeTeacher:
             raise ModelError(f"this mediapipe ({self.mp.__version__}) does not bundle the selfie segmentation "
                              f"model; install a version that does: {MEDIAPIPE_INSTALL}", path=self.model_path)
 
+    @cache  # noqa: B019  (one adapter per resolved teacher; the file is hashed once)
     def identity(self) -> TeacherIdentity:
         return TeacherIdentity("mediapipe", "mediapipe-selfie-segmentation", str(self.mp.__version__),
                                file_sha256(self.model_path), str(self.model_path), self.IMAGE_SIZE,
                                (self.class_name,))
 
-    def predictor(self, threads: int | None = None) -> MediaPipePredictor:
+    def predictor(self) -> MediaPipePredictor:
         return MediaPipePredictor(self.mp, self.model_path, (self.class_name,), self.IMAGE_SIZE)
 
 
@@ -187,10 +189,7 @@ class MediaPipePredictor:
             result = self.segmenter.segment(self.mp.Image(image_format=self.mp.ImageFormat.SRGB, data=rgb))
             person = np.asarray(result.confidence_masks[0].numpy_view(), np.float32)
             if person.shape != rgb.shape[:2]:
-                import cv2
-
-                person = np.asarray(cv2.resize(person, (rgb.shape[1], rgb.shape[0]),
-                                               interpolation=cv2.INTER_LINEAR), np.float32)
+                person = resize_probabilities(person, rgb.shape[:2])
             out[k, 1] = np.clip(person, 0.0, 1.0) if np.isfinite(person).all() else person
             out[k, 0] = 1.0 - out[k, 1]
         return out
@@ -219,6 +218,10 @@ class OnnxContract:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output: Literal["logits", "probabilities"] = "logits"
     person_channel: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The sidecar's fields (what :meth:`from_json` reads)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, data: Any, path: Path) -> OnnxContract:
@@ -311,17 +314,14 @@ class OnnxTeacher:
             raise ModelError(f"unreadable sidecar: {e}", path=sidecar) from e
         return OnnxContract.from_json(data, sidecar)
 
+    @cache  # noqa: B019  (one adapter per resolved teacher; the file is hashed once)
     def identity(self) -> TeacherIdentity:
         return TeacherIdentity("onnx", self.path.name, "dataeng-export" if self.own else "sidecar",
                                file_sha256(self.path), str(self.path.resolve()), self.contract.input_size,
-                               (self.class_name,), {k: list(v) if isinstance(v, tuple) else v
-                                                    for k, v in asdict(self.contract).items()})
+                               (self.class_name,), self.contract.as_json())
 
-    def predictor(self, threads: int | None = None) -> ContractOnnxPredictor:
-        from dataeng.models.onnx import _session
-
-        session = self.session if threads is None else _session(self.path, threads)
-        return ContractOnnxPredictor(self.path, session, self.contract, (self.class_name,))
+    def predictor(self) -> ContractOnnxPredictor:
+        return ContractOnnxPredictor(self.path, self.session, self.contract, (self.class_name,))
 
 
 class ContractOnnxPredictor:
@@ -361,10 +361,7 @@ class ContractOnnxPredictor:
         person = self._person(raw)
         h, w = batch.shape[2], batch.shape[3]
         if person.shape[1:] != (h, w):
-            from dataeng.models.inference import resize_probabilities
-
-            person = resize_probabilities(person, (h, w)) if person.shape[0] > 1 else \
-                resize_probabilities(person[0], (h, w))[None]
+            person = np.stack([resize_probabilities(p, (h, w)) for p in person])
         return np.stack([1.0 - person, person], axis=1).astype(np.float32)
 
     def _person(self, raw: np.ndarray) -> np.ndarray:
@@ -402,8 +399,3 @@ def load_teacher_run_config(config: dict[str, Any], classes: Sequence[str], root
                          f"{sha[:12]}, registered {str(config['sha256'])[:12]}); register it again with --teacher",
                          path=path, field="sha256")
     return teacher
-
-
-def dump_contract(contract: OnnxContract) -> str:
-    """A sidecar's JSON text for ``contract`` (what :meth:`OnnxContract.from_json` reads)."""
-    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(contract).items()}, indent=2)

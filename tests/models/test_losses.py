@@ -99,7 +99,7 @@ def test_soft_targets_learn_the_teachers_probability() -> None:
     assert loss(0.999, pseudo, False) < loss(0.7, pseudo, False)
     # Ignored pixels stay out of the soft loss too.
     ignored = target.clone()
-    ignored[0, :2] = 255
+    ignored[0, :2] = IGNORE_INDEX
     logits = torch.zeros(1, 1, 4, 4, requires_grad=True)
     segmentation_loss(logits, ignored, pseudo, soft=True).backward()
     assert logits.grad is not None and (logits.grad[0, 0, :2] == 0).all() and (logits.grad[0, 0, 2:] != 0).all()

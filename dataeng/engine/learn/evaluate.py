@@ -29,7 +29,7 @@ from dataeng.annotation.masks import write_mask
 from dataeng.db.schema import ImageMetric, Problem, ProblemKind, Run
 from dataeng.engine.learn.data import eval_loader
 from dataeng.engine.learn.provenance import code_version
-from dataeng.engine.learn.runs import RunRef
+from dataeng.engine.learn.runs import RunRef, record_teacher_metrics
 from dataeng.engine.learn.samples import Sample, folder_samples, registry_samples
 from dataeng.engine.learn.teacher import resolve_teacher
 from dataeng.engine.lifecycle import lifecycle
@@ -247,7 +247,6 @@ def evaluate(workspace: Workspace, session: Session, ref: RunRef | None = None, 
         store_image_metrics(session, run.id, model_run.id, split_name, outcome, workspace.root)
         store_worst_predictions(workspace.run_dir(model_run.id), split_name, outcome)
         run.metrics = {**outcome.metrics, "missing_masks": len(missing), "problems": len(outcome.problems)}
-        if model_run.kind == "teacher" and split_name in ("val", "test"):
-            model_run.metrics = {**(model_run.metrics or {}), split_name: dict(outcome.metrics)}
+        record_teacher_metrics(model_run, split_name, outcome.metrics)
     return EvaluateResult(run.id, model_run.id, split_name, dict(run.metrics), missing, outcome.problems,
                           worst_images(outcome))

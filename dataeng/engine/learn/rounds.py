@@ -41,7 +41,7 @@ from dataeng.engine.learn.evaluate import evaluate_samples
 from dataeng.engine.learn.options import budgeted, resolve_options
 from dataeng.engine.learn.provenance import dataset_fingerprint
 from dataeng.engine.learn.pseudolabel import pseudolabel
-from dataeng.engine.learn.runs import RunRef, best_run
+from dataeng.engine.learn.runs import RunRef, best_run, record_teacher_metrics
 from dataeng.engine.learn.samples import registry_samples
 from dataeng.engine.learn.teacher import resolve_teacher
 from dataeng.engine.learn.train import train
@@ -102,8 +102,8 @@ def val_miou(workspace: Workspace, session: Session, run_id: int, device: str | 
     predictor = model.predictor(resolve_device(device or workspace.config.train.device))
     outcome = evaluate_samples(predictor, samples, len(model.classes), workspace.config.train.batch_size, 0)
     run = session.get(Run, run_id)
-    if run is not None and run.kind == "teacher":  # an external teacher's val score ranks it (best_run)
-        run.metrics = {**(run.metrics or {}), "val": dict(outcome.metrics)}
+    if run is not None and run.kind == "teacher":
+        record_teacher_metrics(run, "val", outcome.metrics)
         session.commit()
     return float(outcome.metrics["miou"])
 

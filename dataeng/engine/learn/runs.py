@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from dataeng.db.schema import Round, Run, utcnow
 from dataeng.errors import ModelError
 from dataeng.models.checkpoint import load_checkpoint
-from dataeng.models.teachers import TeacherSpec, dump_contract, external_teacher, parse_spec
+from dataeng.models.teachers import TeacherSpec, external_teacher, parse_spec
 from dataeng.storage import atomic_write_text, file_sha256
 
 if TYPE_CHECKING:
@@ -257,10 +258,15 @@ def register_teacher(workspace: Workspace, session: Session, spec: TeacherSpec) 
         dest = workspace.run_dir(run.id) / f"teacher{spec.path.suffix or '.onnx'}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(spec.path, dest)
-        contract = getattr(teacher, "contract", None)
-        if contract is not None and identity.version == "sidecar":
-            atomic_write_text(dest.with_name(dest.name + ".json"), dump_contract(contract))
+        if identity.contract:  # the copy keeps its contract beside it (a dataeng export's also in its metadata)
+            atomic_write_text(dest.with_name(dest.name + ".json"), json.dumps(identity.contract, indent=2))
         run.config = {**run.config, "stored_file": str(dest.relative_to(workspace.root))}
-        run.checkpoint_path = None
     session.commit()
     return run
+
+
+def record_teacher_metrics(run: Run, split: str, metrics: dict[str, object]) -> None:
+    """Keep an external teacher's val or test figures on its own row, as training does for a train
+    run, so :func:`best_run` and the report rank it beside trained runs (not committed)."""
+    if run.kind == "teacher" and split in ("val", "test"):
+        run.metrics = {**(run.metrics or {}), split: dict(metrics)}

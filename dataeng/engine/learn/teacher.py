@@ -63,9 +63,7 @@ class Teacher:
             ModelError: the weights do not fit the architecture the checkpoint names.
         """
         if self.external is not None:
-            import torch
-
-            return self.external.predictor(threads=torch.get_num_threads())
+            return self.external.predictor()
         assert self.checkpoint is not None
         return TorchPredictor.from_checkpoint(self.checkpoint, device)
 
