@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataeng.annotation.formats import cvat, mask_folder, unreadable_json
+from dataeng.annotation.formats import cvat, cvat_labels, mask_folder, unreadable_json
 from dataeng.annotation.rasterize import rasterize
 from dataeng.annotation.types import ExportRecord, LabelMap
 
@@ -109,7 +109,7 @@ def test_cvat_reader_finds_images_of_old_and_new_exports(
 
 
 def test_label_spec_tags_and_what_ingest_leaves_alone(tmp_path: Path, label_map: LabelMap) -> None:
-    spec = cvat.label_spec(label_map, ["origin"], holes=True, tags=["reviewed"])
+    spec = cvat_labels.label_spec(label_map, ["origin"], holes=True, tags=["reviewed"])
     assert [(s["name"], s["type"], s["color"]) for s in spec] == [
         ("person", "any", "#800000"), ("hat", "any", "#008000"), ("__ignore__", "any", "#e0e0c0"),
         ("_background_", "any", "#000000"), ("reviewed", "tag", "#808000")]
@@ -117,7 +117,7 @@ def test_label_spec_tags_and_what_ingest_leaves_alone(tmp_path: Path, label_map:
                                       "default_value": "", "values": [""]}]
     assert spec[-1]["attributes"] == []
     with pytest.raises(ValueError, match="also a shape label"):
-        cvat.label_spec(label_map, tags=["person"])
+        cvat_labels.label_spec(label_map, tags=["person"])
     (tmp_path / "cvat_labels.json").write_text(json.dumps(spec))
     (tmp_path / "results.json").write_text("[]")
     assert [Path(str(e.path)) for e in unreadable_json(tmp_path, set())] == [tmp_path / "results.json"]

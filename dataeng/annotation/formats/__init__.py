@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataeng.annotation.formats import alpha_folder, coco, cvat, labelme, mask_folder, supervisely
+from dataeng.annotation.formats import alpha_folder, coco, cvat, cvat_labels, labelme, mask_folder, supervisely
 from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.errors import AnnotationError, UnsupportedFormatError
@@ -103,7 +103,7 @@ def unreadable_json(folder: Path, claimed: set[Path]) -> list[AnnotationError]:
     usable JSON at all (truncated, not UTF-8, nested too deeply) or hold a bare list: each an
     error to record, so nothing is skipped silently. Other JSON (tool settings, our own
     ``dataeng.json`` and ``dataset_meta.json``) and CVAT label lists (``cvat_labels.json``
-    of a CVAT export, :func:`.cvat.is_label_spec`) are left alone.
+    of a CVAT export, :func:`.cvat_labels.is_label_spec`) are left alone.
     """
     out: list[AnnotationError] = []
     files = [folder] if folder.is_file() else sorted(folder.rglob("*.json"))
@@ -117,7 +117,7 @@ def unreadable_json(folder: Path, claimed: set[Path]) -> list[AnnotationError]:
         except AnnotationError as e:
             out.append(e)
             continue
-        if isinstance(data, list) and not cvat.is_label_spec(data):
+        if isinstance(data, list) and not cvat_labels.is_label_spec(data):
             out.append(AnnotationError("a JSON list is not an annotation format dataeng reads (a COCO results "
                                        "file? give the instances file)", path=path, value="list"))
     return out

@@ -41,8 +41,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
+from dataeng.annotation.formats.cvat_labels import LABELS_FILE, label_spec
 from dataeng.annotation.formats.export import (
-    HOLE_LABEL,
     PROVENANCE_PREFIX,
     atomic_write_text,
     class_regions,
@@ -52,14 +52,10 @@ from dataeng.annotation.formats.export import (
     safe_relative,
 )
 from dataeng.annotation.formats.result import ReadResult
-from dataeng.annotation.masks import _voc_palette
 from dataeng.annotation.paths import resolve_inside
 from dataeng.annotation.rle import crop_to_content, decode_cvat_rle, encode_cvat_rle, parse_cvat_rle
 from dataeng.annotation.trace import DEFAULT_TOLERANCE
 from dataeng.annotation.types import (
-    BACKGROUND,
-    IGNORE_INDEX,
-    IGNORE_LABEL,
     MAX_BITMAP_PIXELS,
     MAX_COORDINATE,
     ExportRecord,
@@ -71,9 +67,7 @@ from dataeng.annotation.types import (
 from dataeng.errors import AnnotationError, UnsupportedFormatError
 
 NAME = "cvat"
-LABELS_FILE = "cvat_labels.json"
 """The label list for CVAT's constructor (Raw), written beside ``annotations.xml``."""
-ATTRIBUTE_INPUT_TYPES = ("checkbox", "radio", "number", "text", "select")
 """The attribute ``input_type`` values CVAT accepts."""
 _SKIPPED = {"polyline", "points", "skeleton", "cuboid", "ellipse", "tag"}
 
@@ -305,62 +299,6 @@ def _sub(parent: Element, tag: str, text: str | None = None, **attrib: str) -> E
 def _provenance(el: Element, meta: dict[str, Any]) -> None:
     for key, value in meta.items():
         _sub(el, "attribute", "" if value is None else str(value), name=f"{PROVENANCE_PREFIX}{key}")
-
-
-def _colour(index: int) -> str:
-    """``#rrggbb`` (lower case: older CVAT accepts no other) of palette entry ``index`` (mod 256)."""
-    index %= 256
-    r, g, b = _voc_palette()[3 * index : 3 * index + 3]
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def label_spec(
-    label_map: LabelMap,
-    attribute_keys: Sequence[str] = (),
-    *,
-    holes: bool = False,
-    tags: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """The labels a CVAT export declares, as CVAT's label constructor (Raw) takes them.
-
-    One entry per label: ``name``, ``color`` (the masks' palette colour of its class
-    index), ``type`` (``any``; ``tag`` for ``tags``) and ``attributes``: one immutable
-    text attribute ``dataeng_<key>`` per ``attribute_keys`` on the shape labels
-    (``{name, mutable, input_type, default_value, values}``; CVAT refuses an empty
-    ``values`` list, so a text attribute has ``[""]``).
-
-    Args:
-        label_map: the classes (then ``__ignore__``).
-        attribute_keys: provenance keys written on shapes.
-        holes: declare ``_background_`` (polygon exports draw holes with it).
-        tags: image tag labels (e.g. the review's ``reviewed``).
-    """
-    attributes = [
-        {"name": f"{PROVENANCE_PREFIX}{key}", "mutable": False, "input_type": "text", "default_value": "",
-         "values": [""]}
-        for key in attribute_keys
-    ]
-    shapes = [(name, i + 1) for i, name in enumerate(label_map.classes)] + [(IGNORE_LABEL, IGNORE_INDEX)]
-    if holes:
-        shapes.append((HOLE_LABEL, BACKGROUND))
-    spec = [{"name": name, "color": _colour(index), "type": "any", "attributes": [dict(a) for a in attributes]}
-            for name, index in shapes]
-    taken = {name for name, _ in shapes}
-    for k, name in enumerate(tags):
-        if name in taken:
-            raise ValueError(f"tag label {name!r} is also a shape label")
-        spec.append({"name": name, "color": _colour(len(label_map.classes) + 1 + k), "type": "tag",
-                     "attributes": []})
-    return spec
-
-
-def is_label_spec(data: object) -> bool:
-    """True for a CVAT label list (what :func:`label_spec` makes, or CVAT's Raw label editor
-    shows): a non-empty JSON list of objects that each have ``name`` and ``attributes``."""
-    return isinstance(data, list) and bool(data) and all(
-        isinstance(label, dict) and isinstance(label.get("name"), str) and isinstance(label.get("attributes"), list)
-        for label in data
-    )
 
 
 def _xml_labels(parent: Element, spec: list[dict[str, Any]]) -> None:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from sqlalchemy import exists, func, select
 
-from dataeng.annotation.formats import cvat, labelme
+from dataeng.annotation.formats import cvat, cvat_labels, labelme
 from dataeng.annotation.masks import read_mask, write_mask
 from dataeng.annotation.rasterize import rasterize, scale_shapes
 from dataeng.annotation.types import IGNORE_INDEX, ExportRecord, LabelMap
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT = 50
 REVIEWED_FLAG = "reviewed"
 """The Labelme image flag (and CVAT image tag) an annotator ticks to say 'checked'."""
-CVAT_LABELS_NAME = cvat.LABELS_FILE
+CVAT_LABELS_NAME = cvat_labels.LABELS_FILE
 
 
 @dataclass(frozen=True)
