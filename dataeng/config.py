@@ -87,6 +87,25 @@ class TrainConfig(_Section):
         "what a one-class model learns from a pseudo-label: `hard` = the teacher's class, each pixel weighted by "
         "its confidence; `soft` = the teacher's probability itself (distillation, binary BCE and Dice on soft "
         "targets; pixels the pseudo-label dropped stay ignored)"))
+    semi: Literal["none", "fixmatch", "unimatch"] = Field(default="none", description=(
+        "online semi-supervised training on the train split's unlabelled images (no active label; pseudo-labels "
+        "awaiting review count as unlabelled): each step the weak view's confident prediction supervises "
+        "strong views. `fixmatch`: one strong view (colour, blur, CutMix); `unimatch`: two strong views plus "
+        "a feature-perturbed stream (dropout on the encoder features before the decoder)"))
+    semi_threshold: float = Field(default=0.95, gt=0, le=1, description=(
+        "a weak-view pixel supervises the strong views when its confidence is at least this"))
+    semi_ratio: float = Field(default=1.0, gt=0, le=8, description=(
+        "unlabelled images per step, as a multiple of batch_size"))
+    semi_weight: float = Field(default=1.0, ge=0, description=(
+        "weight of the unlabelled loss against the labelled one (the papers average the two: the same under "
+        "AdamW)"))
+    semi_fp_weight: float = Field(default=0.5, ge=0, le=1, description=(
+        "unimatch: share of the unlabelled loss from the feature-perturbed stream; the two strong views share "
+        "the rest"))
+    semi_fp_dropout: float = Field(default=0.5, ge=0, lt=1, description=(
+        "unimatch: channel dropout (Dropout2d) applied to the encoder features of the feature-perturbed stream"))
+    semi_cutmix: float = Field(default=0.5, ge=0, le=1, description=(
+        "probability that a strong view gets a CutMix box from another unlabelled image of the batch"))
 
     @field_validator("image_size")
     @classmethod

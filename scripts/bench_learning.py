@@ -15,7 +15,9 @@ Protocol (fixed here, never tuned per row):
 - One model (unet / mobilenet_v2 from scratch), one image size and one ``--budget`` of images
   seen per model for every row.
 
-Rows: (a) supervised on the N labels; (b) two rounds with dataeng's own teacher from (a);
+Suites (``--suite``): ``teachers`` (the default) and ``semi``.
+
+Teacher rows: (a) supervised on the N labels; (b) two rounds with dataeng's own teacher from (a);
 (c) MediaPipe alone; (d) a student distilled from MediaPipe with 0 human labels; (e) a student
 from MediaPipe plus the N labels; (f) supervised on every labelled photo outside the test set;
 (g) and (h): (d) with every pixel kept (pixel threshold 0.5), learning the teacher's soft
@@ -23,6 +25,13 @@ probability (g) or its hard class (h), against (d)'s confident pixels weighted b
 Also: the accuracy of the accepted pseudo-labels against the masks (IoU on the kept pixels, IoU
 of the full mask with the dropped pixels as background, share kept), and the median IoU of the
 first 20 review pre-fills against the masks, for dataeng's teacher and for MediaPipe.
+
+Semi-supervised rows (``--suite semi``): (a) as above; (A) = (a'): supervised with the strong
+augmentation, the honest baseline of (g)-(i), whose labelled branch trains the same way; (b) as
+above; (g) ``semi = fixmatch`` and (h) ``semi = unimatch`` on the N labels plus the pool's train
+images as unlabelled data; (i) two rounds from (a) whose students train with ``unimatch`` (the
+pseudo-labels sent to review stay unlabelled data); (f) as above. The sample budget counts labelled
+images; the semi rows see as many unlabelled ones besides (their cost shows in the CPU minutes).
 """
 
 from __future__ import annotations
@@ -177,14 +186,21 @@ def main(argv: list[str] | None = None) -> dict[str, Row]:
     parser.add_argument("--budget", type=int, default=3000, help="images seen per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rows", default="abcdef")
+    parser.add_argument("--suite", choices=("teachers", "semi"), default="teachers",
+                        help="teachers: rows a-h below; semi: the semi-supervised rows a, A, b, g, h, i, f")
+    parser.add_argument("--rows", default=None, help="default: every row of the suite")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_learning")
     parser.add_argument("--small", action="store_true", help="the CI version: 64x64, N=30, 40 test, pool 120, "
                                                                  "budget 1500 (tests/test_bench_learning.py)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--semi-options", type=json.loads, default={},
+                        help='JSON train options for the semi rows (g, h, i), e.g. \'{"semi_threshold": 0.8}\' '
+                             "(ablations; the defaults are the paper's)")
     args = parser.parse_args(argv)
     if args.small:
         args.n, args.test, args.pool, args.size, args.budget = 30, 40, 120, "64x64", 1500
+    if args.rows is None:
+        args.rows = "abcdef" if args.suite == "teachers" else "aAbghif"
     args.image_size = tuple(int(v) for v in args.size.lower().split("x"))
     if not (args.data / "images").is_dir():
         print(f"no benchmark data at {args.data}", file=sys.stderr)
@@ -293,11 +309,46 @@ def main(argv: list[str] | None = None) -> dict[str, Row]:
         ws = _workspace(args.out, "f", args, [data / "all"])
         row.metrics = _evaluate(ws, _train(ws, args), test_dir)
 
-    plan = {"a": ("supervised on N labels", row_a), "b": ("two rounds, own teacher from (a)", row_b),
-            "c": ("MediaPipe alone", row_c), "d": ("student from MediaPipe, 0 labels", row_d),
-            "e": ("student from MediaPipe + N labels", row_e), "f": ("supervised on all labelled", row_f),
-            "g": ("(d) with soft targets on every pixel (threshold 0.5)", distilled("g", 0.5, "soft")),
-            "h": ("(d) with hard targets on every pixel (threshold 0.5)", distilled("h", 0.5, "hard"))}
+    def semi(name: str, method: str) -> Any:
+        """Train on the N labels with ``method`` on the pool (the labelled branch as in (A))."""
+        def row_fn(row: Row) -> None:
+            ws = _workspace(args.out, name, args, [data / "human", data / "pool"])
+            run = _train(ws, args, strong_augment=True, semi=method, **args.semi_options)
+            row.extra["history"] = _semi_curves(ws, run)
+            row.metrics = _evaluate(ws, run, test_dir)
+
+        return row_fn
+
+    def row_i(row: Row) -> None:
+        from dataeng.engine.learn.rounds import run_rounds
+        from dataeng.engine.learn.runs import RunRef
+
+        ws = _workspace(args.out, "i", args, [data / "human", data / "pool"])
+        teacher = _train(ws, args)  # = (a): same workspace draw, same seed
+        with ws.session() as s:
+            results = run_rounds(ws, s, 2, {"sample_budget": args.budget, "epochs": None, "semi": "unimatch",
+                                            **args.semi_options},
+                                 teacher=RunRef("id", run_id=teacher))
+        row.extra["promoted"] = [r.promoted for r in results]
+        row.metrics = _evaluate(ws, results[-1].student_run_id, test_dir)
+        row.extra["best_student_test"] = {r.student_run_id: _evaluate(ws, r.student_run_id, test_dir)["iou"]
+                                          for r in results if r.student_run_id}
+
+    def row_a_strong(row: Row) -> None:
+        ws = _workspace(args.out, "A", args, [data / "human", data / "pool"])
+        row.metrics = _evaluate(ws, _train(ws, args, strong_augment=True), test_dir)
+
+    if args.suite == "semi":
+        plan = {"a": ("supervised on N labels", row_a), "A": ("(a') supervised, strong augmentation", row_a_strong),
+                "b": ("two rounds, own teacher from (a)", row_b), "g": ("fixmatch", semi("g", "fixmatch")),
+                "h": ("unimatch", semi("h", "unimatch")), "i": ("two rounds with unimatch students", row_i),
+                "f": ("supervised on all labelled", row_f)}
+    else:
+        plan = {"a": ("supervised on N labels", row_a), "b": ("two rounds, own teacher from (a)", row_b),
+                "c": ("MediaPipe alone", row_c), "d": ("student from MediaPipe, 0 labels", row_d),
+                "e": ("student from MediaPipe + N labels", row_e), "f": ("supervised on all labelled", row_f),
+                "g": ("(d) with soft targets on every pixel (threshold 0.5)", distilled("g", 0.5, "soft")),
+                "h": ("(d) with hard targets on every pixel (threshold 0.5)", distilled("h", 0.5, "hard"))}
     for name in args.rows:
         if name == "b" and "a" not in rows:
             continue
@@ -309,13 +360,32 @@ def main(argv: list[str] | None = None) -> dict[str, Row]:
         m = row.metrics
         print(f"| ({row.name}) | {row.what} | {m.get('iou', 0):.4f} | {m.get('miou', 0):.4f} | "
               f"{m.get('boundary_iou') or 0:.4f} | {row.minutes:.1f} |")
-    if "c" in rows and "d" in rows:
+    if args.suite == "teachers" and "c" in rows and "d" in rows:
         print(f"(d) / (c) = {rows['d'].metrics['iou'] / rows['c'].metrics['iou']:.3f} (target >= 0.97)")
-    if "c" in rows and "e" in rows:
+    if args.suite == "teachers" and "c" in rows and "e" in rows:
         print(f"(e) - (c) = {rows['e'].metrics['iou'] - rows['c'].metrics['iou']:+.4f} (target >= +0.01)")
+    if args.suite == "semi" and "A" in rows and "h" in rows:
+        gain = rows["h"].metrics["iou"] - rows["A"].metrics["iou"]
+        print(f"(h) - (a') = {gain:+.4f} (target >= +0.03 at N = 100)")
+        if "f" in rows:
+            gap = rows["f"].metrics["iou"] - rows["A"].metrics["iou"]
+            print(f"(h) closes {gain / gap:.0%} of the gap from (a') to (f) (target >= 40%)" if gap > 0 else
+                  f"(f) - (a') = {gap:+.4f}: no gap to close")
     if args.json:
         args.json.write_text(json.dumps({k: vars(v) for k, v in rows.items()}, indent=2, default=str))
     return rows
+
+
+def _semi_curves(ws: Any, run_id: int) -> dict[str, list[float]]:
+    """The run's per-epoch unlabelled loss and confident share (every 10th epoch, and the last)."""
+    from dataeng.db.schema import Run
+
+    with ws.session() as s:
+        history = s.get(Run, run_id).metrics["history"]
+    picked = [h for i, h in enumerate(history) if i % 10 == 0 or i == len(history) - 1]
+    return {"epoch": [h["epoch"] for h in picked],
+            "unlabelled_loss": [round(h.get("unlabelled_loss") or 0.0, 4) for h in picked],
+            "confident_share": [round(h.get("confident_share") or 0.0, 3) for h in picked]}
 
 
 def _children_cpu() -> float:

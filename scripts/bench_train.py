@@ -12,7 +12,11 @@ Measures, in one process on the same machine:
 Usage::
 
     .venv/bin/python scripts/bench_train.py [--images 32] [--size 256] [--batch-size 8]
-        [--workers 2] [--epochs 2] [--arch unet] [--encoder resnet18] [--json]
+        [--workers 2] [--epochs 2] [--arch unet] [--encoder resnet18] [--semi unimatch] [--json]
+
+With ``--semi``, the registry also holds ``--images`` unlabelled train images, each step draws an
+unlabelled batch as large as the labelled one, and samples/s count both, in the engine and in the
+bare loop (which runs the engine's semi-supervised step on in-memory tensors).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def make_registry(root: Path, n: int, size: int) -> object:
-    """A workspace with ``n`` labelled train images (synthetic portraits) stored like ingest would."""
+def make_registry(root: Path, n: int, size: int, unlabelled: int = 0) -> object:
+    """A workspace with ``n`` labelled train images (synthetic portraits) stored like ingest would,
+    and ``unlabelled`` more train images without labels."""
     import numpy as np
 
     from dataeng.annotation.masks import alpha_to_mask
@@ -46,15 +51,26 @@ def make_registry(root: Path, n: int, size: int) -> object:
             image, alpha = render(np.random.default_rng([0, i]), size, size)
             row = add_image(session, ws, image, "train", f"bench_{i}")
             add_label(session, ws, row.id, alpha_to_mask(alpha))
+        for i in range(unlabelled):
+            image, _ = render(np.random.default_rng([1, i]), size, size)
+            add_image(session, ws, image, "train", f"bench_u{i}")
     return ws
 
 
-def bare_loop(arch: str, encoder: str, n: int, size: int, batch: int, steps: int, seed: int) -> float:
-    """Samples/s of the same model and optimiser on in-memory tensors (after 2 warm-up steps)."""
+def bare_loop(arch: str, encoder: str, n: int, size: int, batch: int, steps: int, seed: int,
+              semi: str = "none") -> float:
+    """Samples/s of the same model and optimiser on in-memory tensors (after 2 warm-up steps).
+
+    With ``semi``, each step is the engine's semi-supervised step (:func:`semi_step_loss`: the same
+    forward and backward passes) on a labelled and an equally large unlabelled in-memory batch, and
+    both count as samples.
+    """
     import torch
 
+    from dataeng.engine.learn.semi import SemiSettings, UnlabelledBatch, semi_step_loss
     from dataeng.models.factory import build_model
     from dataeng.models.losses import segmentation_loss
+    from dataeng.models.perturb import FeaturePerturbed
 
     torch.manual_seed(seed)
     model = build_model(arch, encoder, 1)
@@ -63,18 +79,29 @@ def bare_loop(arch: str, encoder: str, n: int, size: int, batch: int, steps: int
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=g)
     y = (torch.rand(batch, size, size, generator=g) > 0.5).long()
-    for _ in range(2):
-        loss = segmentation_loss(model(x), y)
+    settings = None if semi == "none" else SemiSettings(semi, 0.95, 1.0, 0.5, 0.5, 0.5, 1.0)
+    net = FeaturePerturbed(model) if semi == "unimatch" else model
+    views = settings.views if settings else 0
+    u = UnlabelledBatch(torch.randn(batch, 3, size, size, generator=g),
+                        torch.randn(views, batch, 3, size, size, generator=g),
+                        torch.rand(views, batch, size, size, generator=g) > 0.7,
+                        torch.ones(batch, size, size, dtype=torch.bool))
+
+    def step() -> None:
+        if settings is None:
+            loss = segmentation_loss(model(x), y)
+        else:
+            loss = semi_step_loss(net, x, lambda logits: segmentation_loss(logits, y), u, settings).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    for _ in range(2):
+        step()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = segmentation_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * batch / (time.perf_counter() - start)
+        step()
+    return steps * batch * (2 if settings else 1) / (time.perf_counter() - start)
 
 
 def inference(arch: str, encoder: str, size: int, batch: int, batches: int) -> float:
@@ -103,6 +130,8 @@ def main() -> None:
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--infer-batches", type=int, default=5)
+    parser.add_argument("--semi", choices=("none", "fixmatch", "unimatch"), default="none",
+                        help="train semi-supervised, with as many unlabelled train images as labelled ones")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -112,21 +141,22 @@ def main() -> None:
 
     steps = -(-args.images // args.batch_size)
     # The bare loop runs before and after the engine; their mean cancels slow drifts of a shared machine.
-    bare_before = bare_loop(args.arch, args.encoder, args.images, args.size, args.batch_size, steps, 0)
+    bare_before = bare_loop(args.arch, args.encoder, args.images, args.size, args.batch_size, steps, 0, args.semi)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ws = make_registry(Path(tmp), args.images, args.size)
+        ws = make_registry(Path(tmp), args.images, args.size, args.images if args.semi != "none" else 0)
         setup_s = time.perf_counter() - t0
         session = ws.new_session()  # type: ignore[attr-defined]
         try:
             result = train(ws, session, {  # type: ignore[arg-type]
                 "arch": args.arch, "encoder": args.encoder, "epochs": args.epochs, "batch_size": args.batch_size,
                 "image_size": (args.size, args.size), "num_workers": args.workers, "device": "cpu",
+                "semi": args.semi,
             })
         finally:
             session.close()
     engine = result.history[-1]["samples_per_s"]
-    bare_after = bare_loop(args.arch, args.encoder, args.images, args.size, args.batch_size, steps, 0)
+    bare_after = bare_loop(args.arch, args.encoder, args.images, args.size, args.batch_size, steps, 0, args.semi)
     bare = (bare_before + bare_after) / 2
     infer = inference(args.arch, args.encoder, 256, args.batch_size, args.infer_batches)
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -134,6 +164,7 @@ def main() -> None:
     figures = {
         "device": "cpu", "torch_threads": torch.get_num_threads(), "images": args.images, "size": args.size,
         "batch_size": args.batch_size, "workers": args.workers, "model": f"{args.arch}/{args.encoder}",
+        "semi": args.semi,
         "engine_samples_per_s": round(engine, 2), "bare_samples_per_s": round(bare, 2),
         "bare_before_after": [round(bare_before, 2), round(bare_after, 2)],
         "ratio": round(engine / bare, 3), "inference_images_per_s_256": round(infer, 2),

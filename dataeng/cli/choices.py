@@ -26,6 +26,14 @@ class Loss(StrEnum):
     matting = "matting"
 
 
+class Semi(StrEnum):
+    """Online semi-supervised training (``[train] semi``)."""
+
+    none = "none"
+    fixmatch = "fixmatch"
+    unimatch = "unimatch"
+
+
 class Tta(StrEnum):
     """Test-time augmentation of the pseudo-labelling teacher (``[pseudolabel] tta``)."""
 

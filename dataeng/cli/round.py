@@ -18,7 +18,7 @@ from dataeng.cli.app import (
     open_workspace,
     print_json,
 )
-from dataeng.cli.choices import value
+from dataeng.cli.choices import Semi, value
 from dataeng.cli.tables import rounds_table
 from dataeng.errors import DataEngError
 
@@ -33,6 +33,9 @@ def round_command(
     teacher: TeacherOption = None,
     device: DeviceOption = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    semi: Annotated[Semi | None, typer.Option(help="Students (and a round-0 teacher) also learn online from the "
+                                                   "unlabelled train images, including pseudo-labels sent to "
+                                                   "review (default: train.semi).")] = None,
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -46,7 +49,7 @@ def round_command(
             raise DataEngError("must be >= 0", field="rounds", value=rounds)
         ws = open_workspace(workspace)
         overrides = {"epochs": epochs, "sample_budget": sample_budget, "device": value(device),
-                     "num_workers": num_workers}
+                     "num_workers": num_workers, "semi": value(semi)}
         with closing(ws.new_session()) as session, rich_progress("img") as progress:
             results = run_rounds(ws, session, rounds, overrides, teacher=RunRef.parse(teacher) if teacher else None,
                                  progress=progress)

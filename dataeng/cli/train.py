@@ -22,7 +22,7 @@ from dataeng.cli.app import (
     open_workspace,
     print_json,
 )
-from dataeng.cli.choices import Loss, value
+from dataeng.cli.choices import Loss, Semi, value
 from dataeng.cli.tables import metrics_table
 
 
@@ -49,6 +49,8 @@ def train_command(
     human_share: Annotated[float | None, typer.Option(help="With pseudo-labels in the train set: at least this "
                                                            "share of each epoch is human-labelled (0: plain).")
                            ] = None,
+    semi: Annotated[Semi | None, typer.Option(help="Also learn from the train split's unlabelled images, online "
+                                                   "(default: train.semi in dataeng.toml).")] = None,
     resume: Annotated[int | None, typer.Option(help="Continue this killed run from its last epoch.")] = None,
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
@@ -63,7 +65,7 @@ def train_command(
             "image_size": image_size, "batch_size": batch_size,
             "lr": lr, "device": value(device), "encoder_weights": encoder_weights, "encoder_depth": encoder_depth,
             "num_workers": num_workers, "loss": value(loss), "seed": seed, "strong_augment": strong_augment or None,
-            "human_share": human_share,
+            "human_share": human_share, "semi": value(semi),
         }
         with closing(ws.new_session()) as session, _progress(enabled=not json_out) as progress:
             result = train(ws, session, overrides, resume=resume, progress=progress)

@@ -1,4 +1,5 @@
-"""Training losses: segmentation (BCE/CE + Dice) and matting (L1, gradient, composition).
+"""Training losses: segmentation (BCE/CE + Dice), matting (L1, gradient, composition) and the
+consistency loss of semi-supervised training.
 
 Conventions shared by every loss here:
 - ``target`` is a (B, H, W) long tensor of class indices with ``ignore_index`` pixels;
@@ -91,6 +92,24 @@ def segmentation_loss(
         # Dice over the foreground classes only; background Dice is ~1 and says little.
         dice = dice_loss(torch.softmax(logits, dim=1)[:, 1:], onehot[:, 1:], w)
     return (pixel * w).sum() / n_valid + dice
+
+
+def consistency_loss(logits: torch.Tensor, target: torch.Tensor, confident: torch.Tensor,
+                     valid: torch.Tensor) -> torch.Tensor:
+    """The unlabelled loss of semi-supervised training: a view's pixel loss (BCE with one output
+    channel, else CE) against the weak view's class ``target`` on its ``confident`` pixels, summed
+    and divided by the ``valid`` pixels (as UniMatch does: an image with few confident pixels
+    weighs less, rather than being renormalised back up). No Dice term, as in the papers.
+
+    Args:
+        logits: (B, C, H, W); target: (B, H, W) class indices; confident, valid: (B, H, W) bool.
+    """
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        pixel = F.binary_cross_entropy_with_logits(logits[:, 0], (target > 0).float(), reduction="none")
+    else:
+        pixel = F.cross_entropy(logits, target, reduction="none")
+    return (pixel * (confident & valid).float()).sum() / valid.sum().clamp(min=1)
 
 
 def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

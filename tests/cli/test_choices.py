@@ -24,6 +24,8 @@ def _squash(text: str) -> str:
 @pytest.mark.parametrize(("args", "option", "choices"), [
     (["train", "--device", "tpu"], "--device", c.Device),
     (["train", "--loss", "dice"], "--loss", c.Loss),
+    (["train", "--semi", "meanteacher"], "--semi", c.Semi),
+    (["round", "--semi", "cps"], "--semi", c.Semi),
     (["evaluate", "--split", "train"], "--split", c.EvalSplit),
     (["evaluate", "--device", "tpu"], "--device", c.Device),
     (["pseudolabel", "--tta", "rotate"], "--tta", c.Tta),
@@ -53,6 +55,7 @@ def test_invalid_choice_exits_2_and_names_the_choices(tmp_path: Path, args: list
 @pytest.mark.parametrize(("args", "metavar"), [
     (["train", "--help"], "<auto|cpu|cuda|mps>"),
     (["train", "--help"], "<segmentation|matting>"),
+    (["train", "--help"], "<none|fixmatch|unimatch>"),
     (["evaluate", "--help"], "<val|test>"),
     (["pseudolabel", "--help"], "<flip|none>"),
     (["review", "export", "--help"], "<labelme|cvat>"),
@@ -70,7 +73,7 @@ def test_help_lists_the_choices(args: list[str], metavar: str) -> None:
 
 def test_choices_are_str_enums() -> None:
     enums = [v for v in vars(c).values() if isinstance(v, type) and issubclass(v, Enum) and v.__module__ == c.__name__]
-    assert len(enums) == 13
+    assert len(enums) == 14
     for enum in enums:
         assert issubclass(enum, str) and all(member.value == member.name for member in enum), enum
 
@@ -89,6 +92,7 @@ def test_choices_match_what_the_engine_accepts() -> None:
     fields = {**TrainConfig.model_fields, **{f"pseudolabel.{k}": v for k, v in PseudolabelConfig.model_fields.items()}}
     assert {e.value for e in c.Device} == _literal(fields["device"].annotation)
     assert {e.value for e in c.Loss} == _literal(fields["loss"].annotation)
+    assert {e.value for e in c.Semi} == _literal(fields["semi"].annotation)
     assert {e.value for e in c.Tta} == _literal(fields["pseudolabel.tta"].annotation)
     assert {e.value for e in c.LabelFormat} == set(FORMAT_NAMES)
     assert {e.value for e in c.IngestFormat} == set(formats.FORMATS)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from dataeng.cli import app
 from dataeng.db.schema import ImageMetric, Run
-from tests.factories import make_workspace
+from tests.factories import add_label, make_workspace
 
 runner = CliRunner()
 TINY_ARGS = ["--encoder", "tu-mobilenetv3_small_050", "--encoder-depth", "3", "--image-size", "64", "64",
@@ -65,3 +65,18 @@ def test_train_errors_are_one_line(tmp_path):
     assert out.exit_code == 1 and "unknown architecture" in out.output and "deeplabv3plus" in out.output
     out = runner.invoke(app, ["train", "-w", str(ws.root), "--image-size", "100", "100"])
     assert out.exit_code == 1 and "multiples of 32" in out.output
+
+
+def test_train_semi_option_reaches_the_run(tmp_path):
+    ws, made = make_workspace(tmp_path, n_train=6, n_val=1, n_test=1, labelled=False)
+    with ws.session() as session:
+        for m in made[:2] + made[6:]:
+            add_label(session, ws, m.image_id, m.mask)
+    out = runner.invoke(app, ["train", "-w", str(ws.root), "--epochs", "1", *TINY_ARGS, "--semi", "fixmatch",
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    with ws.session() as session:
+        run = session.get(Run, data["run_id"])
+        assert run.config["semi"] == "fixmatch" and run.metrics["unlabelled_images"] == 4
+        assert run.metrics["history"][0]["confident_share"] is not None

@@ -8,6 +8,8 @@ both train through :func:`prepare` and :func:`fit`; the benchmark drives the sam
 - On CUDA only: autocast to bf16 where supported (no scaler needed), else fp16 with a
   GradScaler; channels-last memory format. CPU and MPS run in float32.
 - DDP when launched by torchrun (``WORLD_SIZE`` > 1): gloo on CPU, nccl on CUDA.
+- With ``semi`` on, each step also draws an unlabelled batch (:mod:`.unlabelled`) and adds
+  its consistency loss (:mod:`.semi`); epochs stay counted in labelled batches.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from dataeng.engine.learn.data import set_epoch, train_loader
 from dataeng.engine.learn.options import TrainOptions
 from dataeng.engine.learn.samples import Sample
+from dataeng.engine.learn.semi import SemiSettings, prepare_unlabelled, semi_step_loss
+from dataeng.engine.learn.unlabelled import unlabelled_loader
 from dataeng.models.factory import build_model as build
 from dataeng.models.inference import amp_dtype, normalize, preprocessing_params, resolve_device
 from dataeng.models.losses import training_loss
@@ -139,8 +143,11 @@ def prepare_batch(batch: dict[str, Any], device: torch.device, channels_last: bo
 
 @dataclass
 class Training:
-    """What one training job trains: the model (``module``; ``model`` is the DDP wrapper under
-    torchrun, else the same module), its loader, optimisation, device and input statistics."""
+    """What one training job trains: the model (``module``), the network a step calls (``net``:
+    the module, or its feature-perturbed wrapper for unimatch; ``model`` is ``net`` under DDP
+    when launched by torchrun, else ``net`` itself), its loaders, optimisation, device and input
+    statistics. ``unlabelled`` is the unlabelled loader when ``semi`` is set and there are
+    unlabelled images."""
 
     module: torch.nn.Module
     loader: Any
@@ -152,10 +159,15 @@ class Training:
     model: Any = None
     world_size: int = 1
     soft: bool = False
+    net: Any = None
+    unlabelled: Any = None
+    semi: SemiSettings | None = None
 
     def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.module
         if self.model is None:
-            self.model = self.module
+            self.model = self.net
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,10 @@ class EpochStats:
     seconds: float
     samples_per_s: float
     samples_seen: int
+    unlabelled_loss: float | None = None
+    confident_share: float | None = None
+    """Semi-supervised runs: the mean unlabelled loss, and the mean share of weak-view pixels
+    confident enough to supervise the strong views."""
 
 
 def build_model(options: TrainOptions, classes: Sequence[str]) -> torch.nn.Module:
@@ -183,38 +199,69 @@ def build_model(options: TrainOptions, classes: Sequence[str]) -> torch.nn.Modul
 
 
 def prepare(options: TrainOptions, classes: Sequence[str], samples: Sequence[Sample], device: torch.device, *,
-            seed: int | None = None, num_workers: int | None = None, distributed: bool = False) -> Training:
-    """Model, loader and optimisation for training on ``samples`` with ``options`` for ``options.epochs``.
+            seed: int | None = None, num_workers: int | None = None, distributed: bool = False,
+            unlabelled: Sequence[Sample] = ()) -> Training:
+    """Model, loaders and optimisation for training on ``samples`` with ``options`` for ``options.epochs``.
 
     Args:
         seed: the loader's seed (default ``options.seed``; the weights always use ``options.seed``).
         num_workers: loader workers (default ``options.num_workers``).
         distributed: under torchrun, each rank draws its share of every epoch.
+        unlabelled: images without labels for ``options.semi`` (ignored when it is ``none``; with
+            none given the run trains supervised).
     """
     import torch
+
+    from dataeng.models.perturb import FeaturePerturbed
 
     model = build_model(options, classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    loader = train_loader(samples, options.image_size, options.batch_size, options.seed if seed is None else seed,
-                          options.num_workers if num_workers is None else num_workers, options.strong_augment,
+    seed = options.seed if seed is None else seed
+    workers = options.num_workers if num_workers is None else num_workers
+    loader = train_loader(samples, options.image_size, options.batch_size, seed, workers, options.strong_augment,
                           options.augment, distributed=distributed, pin_memory=device.type == "cuda",
                           human_share=options.human_share)
     opt = make_optimisation(model, device, options.lr, options.weight_decay, options.warmup_epochs,
                             options.epochs, len(loader))
     mean, std = preprocessing_params(options.encoder)
-    return Training(model, loader, opt, device, options.loss, mean, std, soft=options.pseudo_targets == "soft")
+    semi = SemiSettings.of(options) if unlabelled else None
+    net: torch.nn.Module = model
+    u_loader = None
+    if semi is not None:
+        if semi.method == "unimatch":
+            net = FeaturePerturbed(model, semi.fp_dropout)
+        u_loader = unlabelled_loader(unlabelled, options.image_size, semi.batch_size(options.batch_size),
+                                     len(loader), seed, workers, semi.views, semi.cutmix, distributed=distributed,
+                                     pin_memory=device.type == "cuda")
+    return Training(model, loader, opt, device, options.loss, mean, std, soft=options.pseudo_targets == "soft",
+                    net=net, unlabelled=u_loader, semi=semi)
 
 
-def train_step(training: Training, batch: dict[str, Any]) -> torch.Tensor:
-    """One optimisation step; returns the (detached) loss."""
+def train_step(training: Training, batch: dict[str, Any], unlabelled: dict[str, Any] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One optimisation step, semi-supervised when ``unlabelled`` is given.
+
+    Returns:
+        (loss, unlabelled loss, share of confident weak pixels), detached; the last two are None
+        without an unlabelled batch.
+    """
     import torch
 
     opt, device = training.opt, training.device
     x, y, w, a, has_alpha = prepare_batch(batch, device, opt.channels_last, training.mean, training.std)
+
+    def labelled_loss(logits: torch.Tensor) -> torch.Tensor:
+        return training_loss(logits, y, w, training.loss, a, has_alpha, x, soft=training.soft)
+
+    u_loss = share = None
     with torch.autocast(device.type, dtype=opt.amp_dtype or torch.float32, enabled=opt.amp_dtype is not None):
-        logits = training.model(x)
-    loss = training_loss(logits, y, w, training.loss, a, has_alpha, x, soft=training.soft)
+        if unlabelled is not None and training.semi is not None:
+            u = prepare_unlabelled(unlabelled, device, opt.channels_last, training.mean, training.std)
+            step = semi_step_loss(training.model, x, labelled_loss, u, training.semi)
+            loss, u_loss, share = step.loss, step.unlabelled, step.confident_share
+        else:
+            loss = labelled_loss(training.model(x))
     opt.optimizer.zero_grad(set_to_none=True)
     if opt.scaler is not None:
         opt.scaler.scale(loss).backward()
@@ -224,37 +271,54 @@ def train_step(training: Training, batch: dict[str, Any]) -> torch.Tensor:
         loss.backward()
         opt.optimizer.step()
     opt.scheduler.step()
-    return loss.detach()
+    return loss.detach(), u_loss, share
 
 
-def train_epoch(training: Training, epoch: int, epochs: int, progress: Progress) -> tuple[float, float, float, int]:
-    """Train one epoch, advancing ``progress`` by one step per batch (loss, lr, img/s).
+def train_epoch(training: Training, epoch: int, epochs: int, progress: Progress) -> EpochStats:
+    """Train one epoch, advancing ``progress`` by one step per batch (loss, lr, img/s; with semi on
+    also the unlabelled loss and the share of confident pixels).
 
-    Returns:
-        (mean loss, seconds, samples per second over all ranks, samples seen on all ranks).
+    Samples per second count labelled and unlabelled images over all ranks; ``samples_seen``
+    counts the labelled ones (the sample budget's unit).
     """
     import torch
 
     training.model.train()
     set_epoch(training.loader, epoch)
     steps = len(training.loader)
+    unlabelled: Any = [None] * steps
+    if training.unlabelled is not None:
+        set_epoch(training.unlabelled, epoch)
+        unlabelled = training.unlabelled
     total = torch.zeros((), device=training.device)
-    seen = reported = 0
+    u_total = torch.zeros((), device=training.device)
+    share_total = torch.zeros((), device=training.device)
+    seen = u_seen = reported = 0
     start = time.perf_counter()
     # Reading the loss forces a device sync; on CUDA do it only every few steps.
     sync_every = 1 if training.device.type == "cpu" else 20
-    for step, batch in enumerate(training.loader):
-        loss = train_step(training, batch)
+    for step, (batch, ubatch) in enumerate(zip(training.loader, unlabelled, strict=True)):
+        loss, u_loss, share = train_step(training, batch, ubatch)
         total += loss
         seen += int(batch["image"].shape[0])
+        fields: dict[str, Any] = {}
+        if u_loss is not None and share is not None:
+            u_total += u_loss
+            share_total += share
+            u_seen += int(ubatch["weak"].shape[0])
         if step % sync_every == 0 or step == steps - 1:
             elapsed = time.perf_counter() - start
-            progress.advance(step + 1 - reported, epoch=f"{epoch}/{epochs}", loss=float(loss),
-                             lr=current_lr(training.opt), img_per_s=seen * training.world_size / max(elapsed, 1e-9))
+            if u_loss is not None:
+                fields = {"u_loss": float(u_loss), "confident": float(share)}  # type: ignore[arg-type]
+            progress.advance(step + 1 - reported, epoch=f"{epoch}/{epochs}", loss=float(loss), **fields,
+                             lr=current_lr(training.opt),
+                             img_per_s=(seen + u_seen) * training.world_size / max(elapsed, 1e-9))
             reported = step + 1
     seconds = time.perf_counter() - start
-    return (float(total) / max(steps, 1), seconds, seen * training.world_size / max(seconds, 1e-9),
-            seen * training.world_size)
+    semi = u_seen > 0
+    return EpochStats(epoch, epochs, float(total) / max(steps, 1), current_lr(training.opt), seconds,
+                      (seen + u_seen) * training.world_size / max(seconds, 1e-9), seen * training.world_size,
+                      float(u_total) / steps if semi else None, float(share_total) / steps if semi else None)
 
 
 def fit(training: Training, epochs: int, *, start_epoch: int = 1, progress: Progress | None = None,
@@ -271,8 +335,7 @@ def fit(training: Training, epochs: int, *, start_epoch: int = 1, progress: Prog
     progress.task("training", (epochs - start_epoch + 1) * steps)
     out = []
     for epoch in range(start_epoch, epochs + 1):
-        loss, seconds, rate, seen = train_epoch(training, epoch, epochs, progress)
-        stats = EpochStats(epoch, epochs, loss, current_lr(training.opt), seconds, rate, seen)
+        stats = train_epoch(training, epoch, epochs, progress)
         out.append(stats)
         if after_epoch is not None:
             after_epoch(stats)

@@ -1,6 +1,7 @@
 """Samples: the (image, label files) pairs that training and evaluation read.
 
 :func:`registry_samples` takes them from the registry (a split's active labels),
+:func:`unlabelled_samples` the train images without one (semi-supervised training),
 :func:`folder_samples` from an images/ + masks/ pair of folders outside it. No torch here:
 the run bookkeeping and the fingerprint read samples without loading a model.
 """
@@ -70,6 +71,16 @@ def registry_samples(workspace: Workspace, session: Session, split: str,
             pseudo=label.origin == "pseudo", image_id=image.id, label_id=label.id,
         ))
     return out
+
+
+def unlabelled_samples(workspace: Workspace, session: Session) -> list[Sample]:
+    """The train split's images without an active label, by image id: what online semi-supervised
+    training learns from without labels. Images whose pseudo-label awaits review count as
+    unlabelled; val and test images never do (they measure the model)."""
+    active = select(Label.image_id).where(Label.status == "active")
+    q = select(Image).where(Image.split == "train", Image.id.not_in(active)).order_by(Image.id)
+    return [Sample(image_path=workspace.image_path(image.store_path), image_id=image.id)
+            for image in session.scalars(q)]
 
 
 def folder_samples(images_dir: Path, masks_dir: Path) -> tuple[list[Sample], list[str]]:

@@ -42,7 +42,7 @@ from dataeng.engine.learn.evaluate import (
 )
 from dataeng.engine.learn.options import TrainOptions, budgeted, resolve_options
 from dataeng.engine.learn.provenance import code_version, dataset_fingerprint
-from dataeng.engine.learn.samples import Sample, registry_samples
+from dataeng.engine.learn.samples import Sample, registry_samples, unlabelled_samples
 from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import DataEngError, ModelError
 from dataeng.models.checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
@@ -132,6 +132,7 @@ def train(
     check_names(options.arch, options.encoder)  # fail fast, before reading the registry
 
     splits = {s: registry_samples(workspace, session, s) for s in ("train", "val", "test")}
+    unlabelled = unlabelled_samples(workspace, session) if options.semi != "none" else []
     session.commit()  # end the read transaction: SQLite would otherwise hold the lock for the whole run
     if not splits["train"]:
         raise DataEngError("no labelled train images: ingest images with masks (or accept pseudo-labels) "
@@ -146,7 +147,7 @@ def train(
     dist, device = loop.init_distributed(options.device)
     try:
         job = _Job(workspace, session, options, classes, splits, fingerprint, dist, device,
-                   progress if dist.is_main and progress is not None else NullProgress())
+                   progress if dist.is_main and progress is not None else NullProgress(), unlabelled)
         return job.run(resume_run, round, teacher_run_id)
     finally:
         loop.shutdown_distributed(dist)
@@ -174,6 +175,7 @@ class _Job:
     dist: loop.Dist
     device: torch.device
     progress: Progress
+    unlabelled: list[Sample]
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_miou: float = -1.0
@@ -187,7 +189,7 @@ class _Job:
         options, dist = self.options, self.dist
         # The model is built before the run row exists: a model that cannot be built registers nothing.
         self.training = loop.prepare(options, self.classes, self.splits["train"], self.device,
-                                     distributed=dist.world_size > 1)
+                                     distributed=dist.world_size > 1, unlabelled=self.unlabelled)
         self.training.world_size = dist.world_size
         run = resume_run or Run(kind="train", round=round, teacher_run_id=teacher_run_id, code_version=code_version(),
                                 dataset_fingerprint=self.fingerprint,
@@ -219,7 +221,7 @@ class _Job:
                 self.best_miou = float(ckpt.meta.get("best_miou", -1.0))
             if dist.world_size > 1:
                 self.training.model = torch.nn.parallel.DistributedDataParallel(
-                    self.training.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    self.training.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if dist.is_main:
                 self._start_files(resume_run is not None, start_epoch)
             loop.fit(self.training, options.epochs, start_epoch=start_epoch, progress=self.progress,
@@ -242,7 +244,15 @@ class _Job:
             {s: [x.label_id for x in v] for s, v in self.splits.items()} | {"fingerprint": self.fingerprint}))
         _log(self.run_dir, f"{'resume' if resumed else 'start'} run {self.run_row.id} at epoch {start_epoch} on "
                            f"{self.device} x{self.dist.world_size}; {len(self.splits['train'])} train, "
-                           f"{len(self.splits['val'])} val, {len(self.splits['test'])} test images")
+                           f"{len(self.splits['val'])} val, {len(self.splits['test'])} test images"
+                           + self._semi_note())
+
+    def _semi_note(self) -> str:
+        if self.options.semi == "none":
+            return ""
+        if not self.unlabelled:
+            return f"; semi = {self.options.semi}, but no unlabelled train images: training supervised"
+        return f"; semi = {self.options.semi} on {len(self.unlabelled)} unlabelled train images"
 
     def _evaluate(self, split: str, keep_worst: int = 0) -> EvalOutcome:
 
@@ -268,8 +278,11 @@ class _Job:
                 is_best = val is None or float(val["miou"]) > self.best_miou
                 if is_best:
                     self.best_epoch, self.best_miou = stats.epoch, float(val["miou"]) if val else -1.0
-            self.history.append({"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
-                                 "seconds": stats.seconds, "samples_per_s": stats.samples_per_s, "val": val})
+            entry: dict[str, Any] = {"epoch": stats.epoch, "train_loss": stats.train_loss, "lr": stats.lr,
+                                     "seconds": stats.seconds, "samples_per_s": stats.samples_per_s, "val": val}
+            if stats.unlabelled_loss is not None:
+                entry |= {"unlabelled_loss": stats.unlabelled_loss, "confident_share": stats.confident_share}
+            self.history.append(entry)
             if due:
                 opt = self.training.opt
                 epoch_meta = {**self.meta, "epoch": stats.epoch, "history": self.history,
@@ -282,7 +295,9 @@ class _Job:
                                 opt.scheduler, opt.scaler, loop.rng_state())
                 self.run_row.metrics = {"history": self.history, "best_epoch": self.best_epoch}
                 self.session.commit()
-            line = (f"epoch {stats.epoch}/{stats.epochs}: loss {stats.train_loss:.4f} lr {stats.lr:.2e} "
+            semi = ("" if stats.unlabelled_loss is None else
+                    f" unlabelled loss {stats.unlabelled_loss:.4f} confident {stats.confident_share:.1%}")
+            line = (f"epoch {stats.epoch}/{stats.epochs}: loss {stats.train_loss:.4f}{semi} lr {stats.lr:.2e} "
                     f"{stats.samples_per_s:.1f} img/s" + (f", val mIoU {val['miou']:.4f}" if val else "")
                     + (" *best*" if is_best else ""))
             _log(self.run_dir, line)
@@ -304,7 +319,8 @@ class _Job:
         metrics = {"history": self.history, "best_epoch": self.best_epoch,
                    "selected_by": "val_miou" if splits["val"] else "last_epoch", "val": best_val, "test": test,
                    "train_images": len(splits["train"]), "val_images": len(splits["val"]),
-                   "test_images": len(splits["test"]), "world_size": self.dist.world_size}
+                   "test_images": len(splits["test"]), "world_size": self.dist.world_size,
+                   "unlabelled_images": len(self.unlabelled) if self.training.semi is not None else 0}
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         _log(self.run_dir, f"finished: best epoch {self.best_epoch}"
              + (f", test IoU {test['iou']:.4f}" if test else ""))
