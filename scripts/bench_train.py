@@ -70,7 +70,7 @@ def bare_loop(arch: str, encoder: str, n: int, size: int, batch: int, steps: int
     from dataeng.engine.learn.semi import SemiSettings, UnlabelledBatch, semi_step_loss
     from dataeng.models.factory import build_model
     from dataeng.models.losses import segmentation_loss
-    from dataeng.models.perturb import FeaturePerturbed
+    from dataeng.models.perturb import SemiNet
 
     torch.manual_seed(seed)
     model = build_model(arch, encoder, 1)
@@ -80,7 +80,7 @@ def bare_loop(arch: str, encoder: str, n: int, size: int, batch: int, steps: int
     x = torch.randn(batch, 3, size, size, generator=g)
     y = (torch.rand(batch, size, size, generator=g) > 0.5).long()
     settings = None if semi == "none" else SemiSettings(semi, 0.95, 1.0, 0.5, 0.5, 0.5, 1.0)
-    net = FeaturePerturbed(model) if semi == "unimatch" else model
+    net = SemiNet(model)
     views = settings.views if settings else 0
     u = UnlabelledBatch(torch.randn(batch, 3, size, size, generator=g),
                         torch.randn(views, batch, 3, size, size, generator=g),

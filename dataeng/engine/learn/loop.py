@@ -144,7 +144,7 @@ def prepare_batch(batch: dict[str, Any], device: torch.device, channels_last: bo
 @dataclass
 class Training:
     """What one training job trains: the model (``module``), the network a step calls (``net``:
-    the module, or its feature-perturbed wrapper for unimatch; ``model`` is ``net`` under DDP
+    the module, or its :class:`SemiNet` wrapper for semi-supervised runs; ``model`` is ``net`` under DDP
     when launched by torchrun, else ``net`` itself), its loaders, optimisation, device and input
     statistics. ``unlabelled`` is the unlabelled loader when ``semi`` is set and there are
     unlabelled images."""
@@ -212,7 +212,7 @@ def prepare(options: TrainOptions, classes: Sequence[str], samples: Sequence[Sam
     """
     import torch
 
-    from dataeng.models.perturb import FeaturePerturbed
+    from dataeng.models.perturb import SemiNet
 
     model = build_model(options, classes).to(device)
     if device.type == "cuda":
@@ -229,8 +229,7 @@ def prepare(options: TrainOptions, classes: Sequence[str], samples: Sequence[Sam
     net: torch.nn.Module = model
     u_loader = None
     if semi is not None:
-        if semi.method == "unimatch":
-            net = FeaturePerturbed(model, semi.fp_dropout)
+        net = SemiNet(model, semi.fp_dropout)
         u_loader = unlabelled_loader(unlabelled, options.image_size, semi.batch_size(options.batch_size),
                                      len(loader), seed, workers, semi.views, semi.cutmix, distributed=distributed,
                                      pin_memory=device.type == "cuda")

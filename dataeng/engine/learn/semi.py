@@ -10,15 +10,16 @@ FixMatch (Sohn et al. 2020) and UniMatch (Yang et al., CVPR 2023), adapted to se
   view that carries a CutMix box takes the box from the next image of the batch (images and
   targets rolled by one), so a batch mixes with itself and needs no second weak pass.
 - ``fixmatch``: one strong view. ``unimatch``: two strong views (their losses averaged) and
-  the feature-perturbed stream (:class:`dataeng.models.perturb.FeaturePerturbed`) on the
-  weak view, weighted ``semi_fp_weight`` against the strong views' ``1 - semi_fp_weight``.
+  the feature-perturbed stream on the weak view, weighted ``semi_fp_weight`` against the
+  strong views' ``1 - semi_fp_weight``. One call of :class:`dataeng.models.perturb.SemiNet`
+  computes every stream (one forward per backward, as DDP requires).
 - The step's loss is the labelled loss (the usual one: pseudo-labels keep their pixel
   weights) plus ``semi_weight`` times the unlabelled loss.
 
 Example::
 
     settings = SemiSettings.of(options)          # None when options.semi == "none"
-    out = semi_step_loss(training.model, x, labelled_loss_fn, unlabelled_batch, settings)
+    out = semi_step_loss(training.model, x, labelled_loss_fn, unlabelled_batch, settings)  # model: a SemiNet
     out.loss.backward()
 """
 
@@ -100,13 +101,11 @@ def weak_targets(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return target, conf
 
 
-def cutmix(images: torch.Tensor, boxes: torch.Tensor, *planes: torch.Tensor) -> list[torch.Tensor]:
-    """Paste each image's box from the next image of the batch (rolled by one), and the same for
-    each (B, H, W) plane (targets, confidences, valid pixels)."""
-    box4 = boxes.unsqueeze(1)
-    out = [torch.where(box4, images.roll(1, dims=0), images)]
-    out += [torch.where(boxes, p.roll(1, dims=0), p) for p in planes]
-    return out
+def cutmix(boxes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Paste each item's (B, H, W) box from the next item of the batch (rolled by one): images
+    (B, C, H, W), or planes (B, H, W) such as targets, confidences and valid pixels."""
+    box = boxes.unsqueeze(1) if values.dim() == 4 else boxes
+    return torch.where(box, values.roll(1, dims=0), values)
 
 
 @dataclass
@@ -123,23 +122,19 @@ def semi_step_loss(net: Callable[..., Any], x: torch.Tensor, labelled_loss: Call
     """The loss of one semi-supervised step (forward passes included; call under autocast).
 
     Args:
-        net: the network (a :class:`FeaturePerturbed` for unimatch, under DDP or not).
+        net: a :class:`SemiNet` (under DDP or not).
         x: the normalised labelled batch; ``labelled_loss`` maps its logits to the labelled loss.
         u: the unlabelled batch.
     """
     n = x.shape[0]
-    k = u.weak.shape[0]
-    both = torch.cat([x, u.weak])
-    if settings.method == "unimatch":
-        logits, perturbed = net(both, perturb_last=k)
-    else:
-        logits, perturbed = net(both), None
+    perturb = u.weak.shape[0] if settings.method == "unimatch" else 0
+    mixed = torch.cat([cutmix(u.boxes[v], u.strong[v]) for v in range(settings.views)])
+    logits, perturbed, strong_logits = net(torch.cat([x, u.weak]), perturb_last=perturb, strong=mixed)
     target, conf = weak_targets(logits[n:])
     confident = conf >= settings.threshold
-    views = [cutmix(u.strong[v], u.boxes[v], target, confident, u.valid) for v in range(settings.views)]
-    strong_logits = net(torch.cat([view[0] for view in views])).chunk(settings.views)
-    strong = torch.stack([consistency_loss(out, t, c, val) for out, (_, t, c, val) in zip(strong_logits, views,
-                                                                                         strict=True)]).mean()
+    strong = torch.stack([
+        consistency_loss(out, cutmix(box, target), cutmix(box, confident), cutmix(box, u.valid))
+        for out, box in zip(strong_logits.chunk(settings.views), u.boxes, strict=True)]).mean()
     if perturbed is not None:
         unlabelled = ((1 - settings.fp_weight) * strong
                       + settings.fp_weight * consistency_loss(perturbed, target, confident, u.valid))

@@ -220,8 +220,11 @@ class _Job:
                 self.best_epoch = int(ckpt.meta.get("best_epoch", 0))
                 self.best_miou = float(ckpt.meta.get("best_miou", -1.0))
             if dist.world_size > 1:
+                # An encoder cut to fewer than 5 stages keeps its later stages' weights, which no forward
+                # reaches: DDP must be told, or it waits for their gradients from the second step on.
                 self.training.model = torch.nn.parallel.DistributedDataParallel(
-                    self.training.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    self.training.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=options.encoder_depth < 5)
             if dist.is_main:
                 self._start_files(resume_run is not None, start_epoch)
             loop.fit(self.training, options.epochs, start_epoch=start_epoch, progress=self.progress,

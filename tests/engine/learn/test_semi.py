@@ -18,7 +18,7 @@ from dataeng.engine.learn.samples import unlabelled_samples
 from dataeng.engine.learn.semi import SemiSettings, UnlabelledBatch, cutmix, semi_step_loss, weak_targets
 from dataeng.engine.learn.train import train
 from dataeng.engine.learn.unlabelled import StreamSampler, UnlabelledDataset, cutmix_box
-from dataeng.models.perturb import FeaturePerturbed
+from dataeng.models.perturb import SemiNet
 from dataeng.workspace import Workspace
 from tests.factories import TINY_TRAIN, add_label, make_workspace
 
@@ -97,18 +97,20 @@ def _tiny_model() -> torch.nn.Module:
 def test_feature_perturbation_adds_a_dropped_out_stream_of_the_last_images() -> None:
     torch.manual_seed(0)
     model = _tiny_model()
-    net = FeaturePerturbed(model, dropout=0.5)
+    net = SemiNet(model, dropout=0.5)
     x = torch.randn(4, 3, 64, 64)
     model.eval()
     net.eval()  # dropout off: the perturbed stream is the clean one
     with torch.no_grad():
         plain = model(x)
         assert torch.equal(net(x), plain)
-        logits, perturbed = net(x, perturb_last=2)
+        logits, perturbed, strong = net(x, perturb_last=2, strong=x[:1])
         assert logits.shape == plain.shape and perturbed.shape == (2, 1, 64, 64)
         assert torch.allclose(logits, plain, atol=1e-5) and torch.allclose(perturbed, plain[2:], atol=1e-5)
+        assert torch.allclose(strong, plain[:1], atol=1e-5)
+        assert net(x, strong=x[:1])[1] is None
         net.train()
-        _, dropped = net(x, perturb_last=2)
+        _, dropped, _ = net(x, perturb_last=2)
     assert not torch.allclose(dropped, plain[2:], atol=1e-3)
     assert set(net.state_dict()) == {f"model.{k}" for k in model.state_dict()}  # no weights of its own
 
@@ -121,7 +123,7 @@ def test_weak_targets_and_cutmix() -> None:
     images = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])
     planes = torch.tensor([[[0, 0], [0, 0]], [[1, 1], [1, 1]]])
     boxes = torch.tensor([[[True, False], [False, False]], [[False, False], [False, False]]])
-    mixed, mixed_plane = cutmix(images, boxes, planes)
+    mixed, mixed_plane = cutmix(boxes, images), cutmix(boxes, planes)
     assert mixed[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0] and mixed[0, :, 1, 1].tolist() == [0.0, 0.0, 0.0]
     assert mixed_plane[0].tolist() == [[1, 0], [0, 0]] and torch.equal(mixed[1], images[1])
 
@@ -129,7 +131,7 @@ def test_weak_targets_and_cutmix() -> None:
 @pytest.mark.parametrize("method", ["fixmatch", "unimatch"])
 def test_the_threshold_decides_which_pixels_supervise(method: str) -> None:
     torch.manual_seed(0)
-    net = FeaturePerturbed(_tiny_model()) if method == "unimatch" else _tiny_model()
+    net = SemiNet(_tiny_model())
     views = 2 if method == "unimatch" else 1
     u = UnlabelledBatch(weak=torch.randn(2, 3, 64, 64), strong=torch.randn(views, 2, 3, 64, 64),
                         boxes=torch.zeros(views, 2, 64, 64, dtype=torch.bool),
