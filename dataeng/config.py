@@ -133,6 +133,21 @@ class PseudolabelConfig(_Section):
     accept: AcceptConfig = AcceptConfig()
 
 
+class ReviewConfig(_Section):
+    """How pre-fills sent to annotators are traced (Labelme and CVAT polygons), see
+    ``dataeng.annotation.trace.TraceLimits``; exports of labels stay exact."""
+
+    min_region_fraction: float = Field(default=0.001, ge=0, lt=1, description=(
+        "islands and holes smaller than this share of the image are left out of a pre-fill "
+        "(0.001 = 65 px at 256x256), and so are ignore specks (they take what surrounds them)"))
+    simplify_fraction: float = Field(default=0.0025, ge=0, lt=1, description=(
+        "polygon simplification tolerance as a share of the image's longer side (2.6 px at 1024)"))
+    max_vertices: int = Field(default=400, ge=3, description=(
+        "the most polygon vertices per class and image; simplification coarsens until the polygons fit"))
+    min_iou: float = Field(default=0.98, ge=0, le=1, description=(
+        "the IoU a pre-fill keeps with its pre-label (outside its ignore pixels); it wins over the other limits"))
+
+
 class Config(_Section):
     """The whole of ``dataeng.toml``."""
 
@@ -143,6 +158,7 @@ class Config(_Section):
     ingest: IngestConfig = IngestConfig()
     train: TrainConfig = TrainConfig()
     pseudolabel: PseudolabelConfig = PseudolabelConfig()
+    review: ReviewConfig = ReviewConfig()
 
     @field_validator("classes")
     @classmethod

@@ -30,6 +30,9 @@ def test_defaults_round_trip_through_toml(tmp_path: Path) -> None:
         ({"classes": ["person", "__ignore__"]}, r"classes.*'__ignore__' is a reserved label name"),
         ({"classes": ["_background_"]}, r"classes.*'_background_' is a reserved label name"),
         ({"aliases": {"background": "person"}}, r"alias 'background' is a reserved label name"),
+        ({"review": {"max_vertices": 2}}, r"review.max_vertices"),
+        ({"review": {"min_iou": 1.5}}, r"review.min_iou"),
+        ({"review": {"simplify": 0.1}}, r"field 'review.simplify': unknown key"),
     ],
 )
 def test_invalid_config_is_refused_naming_the_key(data: dict, match: str) -> None:

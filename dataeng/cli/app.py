@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from typer.core import TyperGroup
 
@@ -31,6 +31,29 @@ class OrderedGroup(TyperGroup):
         return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
 
 
+class StreamConsole(Console):
+    """A rich Console whose width follows where its output goes at each print: a terminal's own
+    width, else :func:`~dataeng.progress.console_width` ($COLUMNS or 200), so ``dataeng report | less``,
+    a log file or typer's ``CliRunner`` get whole table headers, never "teac…", even when the
+    module was imported while stdout was a terminal. A width given to the constructor still wins.
+    """
+
+    def __init__(self, *, width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(width=width, **kwargs)
+        if width is None:
+            self._width = None  # rich froze $COLUMNS here: read it at each print instead
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        width = console_width(self.file) if self._width is None else None
+        return size if width is None else ConsoleDimensions(width, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
 app = typer.Typer(
     name="dataeng",
     cls=OrderedGroup,
@@ -45,8 +68,8 @@ review_app = typer.Typer(help="Annotator loop: export masks to Labelme/CVAT and 
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
 
-console = Console(highlight=False, width=console_width(sys.stdout))
-err_console = Console(stderr=True, highlight=False, width=console_width(sys.stderr))
+console = StreamConsole(highlight=False)
+err_console = StreamConsole(stderr=True, highlight=False)
 
 
 def _print_version(show: bool) -> None:

@@ -6,10 +6,14 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from dataeng.cli import app
+from dataeng.cli.app import StreamConsole
 from dataeng.cli.tables import ROUND_COLUMNS, rounds_table
 from dataeng.progress import PIPED_WIDTH, console_width
 
@@ -44,3 +48,28 @@ def test_the_cli_consoles_are_wide_when_piped() -> None:
     code = "from dataeng.cli.app import console, err_console; print(console.width, err_console.width)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == [str(PIPED_WIDTH), str(PIPED_WIDTH)]
+
+
+def test_the_width_follows_the_stream_at_each_print(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = StreamConsole()  # made while stdout is whatever it is now...
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # ...then printing to a pipe
+    assert console.width == PIPED_WIDTH
+    monkeypatch.setenv("COLUMNS", "123")
+    assert console.width == 123
+    assert StreamConsole(width=90).width == 90  # an explicit width still wins
+
+
+def test_the_report_printed_through_the_cli_keeps_whole_headers(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.engine.report.test_report import make_registry
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    ws = make_registry(tmp_path)
+    result = CliRunner().invoke(app, ["report", "--workspace", str(ws.root), "--no-gallery"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    for header in ("model quality per round (student)", "teacher", "human labels", "val mIoU", "test mIoU",
+                   "test BF1", "test BIoU", "growth per round", "accepted pseudo", "corrected", "labelled",
+                   "fraction"):
+        assert header in result.output, (header, result.output)

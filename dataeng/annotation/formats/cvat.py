@@ -54,7 +54,7 @@ from dataeng.annotation.formats.export import (
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.paths import resolve_inside
 from dataeng.annotation.rle import crop_to_content, decode_cvat_rle, encode_cvat_rle, parse_cvat_rle
-from dataeng.annotation.trace import DEFAULT_TOLERANCE
+from dataeng.annotation.trace import DEFAULT_TOLERANCE, TraceLimits
 from dataeng.annotation.types import (
     MAX_BITMAP_PIXELS,
     MAX_COORDINATE,
@@ -381,6 +381,7 @@ def write(
     *,
     cvat_masks: Literal["mask", "polygon"] = "mask",
     tolerance: float = DEFAULT_TOLERANCE,
+    limits: TraceLimits | None = None,
     copy_images: bool = True,
     task_name: str = "dataeng export",
     tags: Sequence[str] = (),
@@ -396,6 +397,8 @@ def write(
         cvat_masks: ``"mask"`` (RLE, exact) or ``"polygon"`` (traced, holes as
             ``_background_`` polygons above).
         tolerance: polygon simplification in pixels.
+        limits: with ``cvat_masks="polygon"``, trace pre-fills for annotators instead (see
+            :func:`dataeng.annotation.trace.trace_limited`); masks stay exact either way.
         copy_images: copy ``record.image_path`` to ``images/[<subset>/]<name>``.
         task_name: the task (or project) name in ``<meta>``.
         tags: image tag labels to declare (type ``tag``), e.g. ``("reviewed",)``.
@@ -420,7 +423,7 @@ def write(
             attrib |= {"subset": subset, "task_id": str(task_ids[subset])}
         image_el = _sub(doc, "image", **attrib, width=str(record.width), height=str(record.height))
         if cvat_masks == "polygon":
-            for z, item in enumerate(flat_draw_items(record, label_map, tolerance)):
+            for z, item in enumerate(flat_draw_items(record, label_map, tolerance, limits)):
                 points = ";".join(f"{x:.2f},{y:.2f}" for x, y in item.ring)
                 el = _sub(
                     image_el, "polygon", label=item.label, source="auto", occluded="0", points=points, z_order=str(z)

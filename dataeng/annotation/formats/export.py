@@ -4,33 +4,48 @@ Writers never trace or encode on their own: regions come from :mod:`..trace`, RL
 :mod:`..rle`. Ignore pixels are written as shapes labelled ``__ignore__`` in every
 format but COCO (there: crowd regions of the class :func:`ignore_owner` picks, marked
 ``dataeng_ignore``), so that reading the export back restores IGNORE_INDEX.
+
+With :class:`..trace.TraceLimits` (review pre-fills, polygon writers only) regions are
+traced by :func:`..trace.trace_limited` instead, after :func:`absorb_small_ignore` gave each
+ignore speck below the minimum area to what surrounds it; the IoU each class keeps is
+counted outside the pre-label's ignore pixels, on the shapes as a reader draws them back
+(:func:`flat_draw_items`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 
-from dataeng.annotation.trace import DEFAULT_TOLERANCE, trace
+from dataeng.annotation.rasterize import rasterize
+from dataeng.annotation.trace import DEFAULT_TOLERANCE, TraceLimits, mask_iou, trace, trace_limited
 from dataeng.annotation.types import (
     BACKGROUND,
     BACKGROUND_LABELS,
     IGNORE_INDEX,
     IGNORE_LABEL,
     ExportRecord,
+    ImageAnnotation,
     LabelMap,
     Polygon,
     Ring,
+    Shape,
 )
 from dataeng.storage import atomic_write_text  # noqa: F401  (re-exported for the writers)
 
 HOLE_LABEL = BACKGROUND_LABELS[0]
 """Label of the background polygons that stand for holes in formats without holes."""
+
+IgnoreTracing = Literal["loose", "bounded", "exact"]
+"""How a pre-fill's ignore regions are traced, coarsest first (see :func:`polygons_by_class`)."""
+IGNORE_TRACINGS: tuple[IgnoreTracing, ...] = ("loose", "bounded", "exact")
 
 
 @dataclass(frozen=True)
@@ -142,29 +157,123 @@ class DrawItem:
     area: float
 
 
+def absorb_small_ignore(mask: np.ndarray, min_pixels: float) -> np.ndarray:
+    """A copy of a class-index mask whose ignore regions (8-connected) smaller than ``min_pixels``
+    take the value most common on their 8-neighbour border (background included; the lowest
+    value on a tie; background when only the image edge touches them).
+
+    Example:
+        >>> m = np.ones((5, 5), np.uint8); m[2, 2] = IGNORE_INDEX
+        >>> int(absorb_small_ignore(m, 4)[2, 2])
+        1
+    """
+    out = mask.copy()
+    if min_pixels <= 0 or not (mask == IGNORE_INDEX).any():
+        return out
+    height, width = mask.shape
+    for component in connected_components(mask == IGNORE_INDEX):
+        patch = component.patch
+        if int(patch.sum()) >= min_pixels:
+            continue
+        x, y = component.origin
+        h, w = patch.shape
+        x0, y0, x1, y1 = max(0, x - 1), max(0, y - 1), min(width, x + w + 1), min(height, y + h + 1)
+        inside = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+        inside[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = patch
+        border = cv2.dilate(inside, np.ones((3, 3), np.uint8)).astype(bool) & ~inside.astype(bool)
+        values = mask[y0:y1, x0:x1][border]
+        values = values[values != IGNORE_INDEX]
+        fill = int(np.argmax(np.bincount(values))) if values.size else BACKGROUND
+        out[y0:y1, x0:x1][inside.astype(bool)] = fill
+    return out
+
+
 def polygons_by_class(
-    record: ExportRecord, label_map: LabelMap, tolerance: float = DEFAULT_TOLERANCE
+    record: ExportRecord, label_map: LabelMap, tolerance: float = DEFAULT_TOLERANCE,
+    limits: TraceLimits | None = None, ignore: IgnoreTracing = "loose",
 ) -> list[tuple[ClassRegion, list[Polygon]]]:
-    """Trace every class region of a record."""
-    return [(region, trace(region.pixels, 1, tolerance)) for region in class_regions(record, label_map)]
+    """Trace every class region of a record.
+
+    Args:
+        record: the labelled image.
+        label_map: class names.
+        tolerance: simplification in pixels for :func:`..trace.trace` (without ``limits``).
+        limits: trace a pre-fill for annotators instead (:func:`..trace.trace_limited`):
+            ignore specks absorbed first (:func:`absorb_small_ignore`), each class's IoU
+            counted outside the record's ignore pixels.
+        ignore: with ``limits``, how the ignore regions left are traced: ``loose`` (the same
+            limits without the IoU bound: they are pixels to decide, whose outline matters
+            less than its vertex count; a band of unsure pixels along an edge would
+            otherwise keep every vertex), ``bounded`` (with the bound) or ``exact``
+            (tolerance 0). :func:`flat_draw_items` tightens it when a coarse ignore shape,
+            drawn over a class, costs that class its IoU.
+    """
+    if limits is None:
+        return [(region, trace(region.pixels, 1, tolerance)) for region in class_regions(record, label_map)]
+    check_record(record, label_map)
+    mask = absorb_small_ignore(record.mask, limits.min_pixels(record.height, record.width))
+    care = record.mask != IGNORE_INDEX
+    loose = dataclasses.replace(limits, min_iou=0.0)
+    out = []
+    for value in sorted(set(np.unique(mask).tolist()) - {BACKGROUND}):
+        region = ClassRegion(value, label_of(value, label_map), mask == value)
+        if value == IGNORE_INDEX:
+            if ignore == "exact":
+                polygons = trace(region.pixels, 1, 0.0)
+            else:
+                polygons = trace_limited(region.pixels, 1, loose if ignore == "loose" else limits)
+        else:
+            polygons = trace_limited(region.pixels, 1, limits, care=care)
+        out.append((region, polygons))
+    return out
 
 
-def flat_draw_items(record: ExportRecord, label_map: LabelMap, tolerance: float = DEFAULT_TOLERANCE) -> list[DrawItem]:
-    """Exteriors and holes as separate rings, largest first.
+def flat_draw_items(record: ExportRecord, label_map: LabelMap, tolerance: float = DEFAULT_TOLERANCE,
+                    limits: TraceLimits | None = None) -> list[DrawItem]:
+    """Exteriors and holes as separate rings: each exterior followed by its own holes, the
+    polygons largest exterior first.
 
     For formats without holes (labelme, CVAT polygons) holes become later background
-    polygons; drawing larger rings first keeps an island inside a hole, and a region
-    of another class inside a hole, on top.
+    polygons. A region inside a hole (an island, or a region of another class) lies inside
+    the holed region's exterior, so it is smaller and drawn after that region and its holes:
+    on top. Holes are not ranked by their own area: a hole's ring runs through the pixels
+    of the region filling it, so it ties with that region's exterior and could be drawn
+    over it (a person inside a ring of ignore pixels would vanish).
+
+    With ``limits`` (see :func:`polygons_by_class`) the rings are drawn back in this order,
+    as a reader draws them; while a class keeps less than ``limits.min_iou`` with the record
+    (outside its ignore pixels) because ignore shapes cover it, the ignore regions are traced
+    again more tightly (``loose``, then ``bounded``, then ``exact``).
     """
-    items: list[DrawItem] = []
-    for region, polygons in polygons_by_class(record, label_map, tolerance):
-        for polygon in polygons:
-            items.append(DrawItem(region.label, region.class_index, polygon.exterior, False, _area(polygon.exterior)))
-            for hole in polygon.holes:
-                items.append(DrawItem(HOLE_LABEL, BACKGROUND, hole, True, _area(hole)))
-    # Stable sort: on equal area an exterior stays before its own hole.
-    items.sort(key=lambda item: -item.area)
+    if limits is None:
+        return _flat(polygons_by_class(record, label_map, tolerance))
+    for ignore in IGNORE_TRACINGS:
+        items = _flat(polygons_by_class(record, label_map, tolerance, limits, ignore))
+        if not any(item.class_index == IGNORE_INDEX for item in items) \
+                or _keeps_iou(record, label_map, items, limits.min_iou):
+            break
     return items
+
+
+def _flat(traced: list[tuple[ClassRegion, list[Polygon]]]) -> list[DrawItem]:
+    groups: list[list[DrawItem]] = []
+    for region, polygons in traced:
+        for polygon in polygons:
+            group = [DrawItem(region.label, region.class_index, polygon.exterior, False, _area(polygon.exterior))]
+            group += [DrawItem(HOLE_LABEL, BACKGROUND, hole, True, _area(hole)) for hole in polygon.holes]
+            groups.append(group)
+    groups.sort(key=lambda group: -group[0].area)
+    return [item for group in groups for item in group]
+
+
+def _keeps_iou(record: ExportRecord, label_map: LabelMap, items: list[DrawItem], min_iou: float) -> bool:
+    """Whether every class, drawn back from ``items``, keeps ``min_iou`` outside the ignore pixels."""
+    shapes = tuple(Shape(item.label, "polygon", item.ring) for item in items)
+    annotation = ImageAnnotation(record.image_name, None, record.width, record.height, shapes, "check", Path())
+    drawn = rasterize(annotation, label_map, record.width, record.height).mask
+    care = record.mask != IGNORE_INDEX
+    classes = set(np.unique(record.mask).tolist()) - {BACKGROUND, IGNORE_INDEX}
+    return all(mask_iou(drawn == value, record.mask == value, care) >= min_iou for value in classes)
 
 
 def _area(ring: Ring) -> float:

@@ -35,7 +35,7 @@ from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.annotation.images import decode_image_data, decode_mask_patch, image_size
 from dataeng.annotation.paths import normalise_name, resolve_inside
-from dataeng.annotation.trace import DEFAULT_TOLERANCE
+from dataeng.annotation.trace import DEFAULT_TOLERANCE, TraceLimits
 from dataeng.annotation.types import (
     MAX_COORDINATE,
     ExportRecord,
@@ -277,6 +277,7 @@ def write(
     *,
     flags: dict[str, bool] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    limits: TraceLimits | None = None,
     copy_images: bool = True,
 ) -> list[Path]:
     """Write one labelme JSON per record (and copy its image) under ``out``.
@@ -288,6 +289,8 @@ def write(
         flags: image-level flags written as given (the review loop passes
             ``{"reviewed": False}``).
         tolerance: polygon simplification in pixels (see :func:`trace.trace`).
+        limits: trace pre-fills for annotators instead (see :func:`trace.trace_limited`;
+            the review export passes ``[review]``'s); None keeps the conversion tracing.
         copy_images: copy ``record.image_path`` beside the JSON.
 
     Returns:
@@ -312,7 +315,7 @@ def write(
                 "flags": {},
                 "mask": None,
             }
-            for item in flat_draw_items(record, label_map, tolerance)
+            for item in flat_draw_items(record, label_map, tolerance, limits)
         ]
         payload: dict[str, Any] = {
             "version": WRITTEN_VERSION,

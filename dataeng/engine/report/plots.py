@@ -1,21 +1,24 @@
 """The report's plots: matplotlib (Agg) figures encoded as PNG ``data:`` URIs.
 
 Figures are small (a few hundred pixels wide, 90 dpi) so the report stays light; each
-plot is drawn only when it has data.
+plot is drawn only when it has data. Axes that count labels have integer ticks, and the
+growth and quality legends sit outside the axes (right of them), so they never hide a point.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dataeng.engine.report.records import METRIC_KEYS, Picture
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from dataeng.engine.report.records import Report
+    from dataeng.engine.report.records import Report, RoundGrowth, RoundQuality
 
 DPI = 90
 METRIC_NAMES = {"iou": "foreground IoU", "miou": "mIoU", "boundary_f1": "boundary F1",
@@ -32,6 +35,18 @@ def _figure(width: float = 6.0, height: float = 3.2) -> Figure:
     return fig
 
 
+def _integer_ticks(axis: Any) -> None:
+    # Label counts are whole: without this a plot of 3..5 labels has ticks at 3.5 and 4.5.
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_outside(ax: Axes, fontsize: float) -> None:
+    """The legend right of the axes, top-aligned: it never covers data; ``tight_layout`` makes room."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=fontsize)
+
+
 def png_uri(fig: Figure) -> str:
     """A figure as a PNG ``data:`` URI."""
     buf = io.BytesIO()
@@ -40,16 +55,14 @@ def png_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def growth_plot(report: Report) -> Picture | None:
+def growth_figure(growth: Sequence[RoundGrowth]) -> Figure:
     """Stacked area over rounds: human labels, corrections, accepted pseudo-labels, queued."""
-    if not report.growth:
-        return None
-    rounds = [g.round for g in report.growth]
-    layers = [("human labels", [g.human for g in report.growth], "#4c72b0"),
-              ("corrected by annotators", [g.corrected for g in report.growth], "#55a868"),
-              ("accepted pseudo-labels", [g.accepted_pseudo for g in report.growth], "#dd8452"),
-              ("queued for review", [g.queued for g in report.growth], "#c44e52")]
-    fig = _figure()
+    rounds = [g.round for g in growth]
+    layers = [("human labels", [g.human for g in growth], "#4c72b0"),
+              ("corrected by annotators", [g.corrected for g in growth], "#55a868"),
+              ("accepted pseudo-labels", [g.accepted_pseudo for g in growth], "#dd8452"),
+              ("queued for review", [g.queued for g in growth], "#c44e52")]
+    fig = _figure(7.5)
     ax = fig.add_subplot()
     if len(rounds) == 1:
         # An area over one point is invisible; one stacked bar says the same.
@@ -61,38 +74,55 @@ def growth_plot(report: Report) -> Picture | None:
         ax.stackplot(rounds, *[v for _, v, _ in layers], labels=[n for n, _, _ in layers],
                      colors=[c for _, _, c in layers], alpha=0.85)
     ax.set_xticks(rounds)
+    _integer_ticks(ax.yaxis)
     ax.set_xlabel("round")
     ax.set_ylabel("labels")
     ax.set_title("Dataset growth")
-    ax.legend(loc="upper left", fontsize=8)
-    return Picture("Labels per round (human and corrected cumulative; pseudo-labels of each round's teacher)",
-                   png_uri(fig))
+    _legend_outside(ax, 8)
+    return fig
 
 
-def quality_plot(report: Report) -> Picture | None:
-    """Val (dashed) and test (solid) metrics of each round's student against human labels."""
-    if not report.quality:
+def growth_plot(report: Report) -> Picture | None:
+    """:func:`growth_figure` of the report's rounds, or None without rounds."""
+    if not report.growth:
         return None
-    fig = _figure()
+    return Picture("Labels per round (human and corrected cumulative; pseudo-labels of each round's teacher)",
+                   png_uri(growth_figure(report.growth)))
+
+
+def quality_figure(quality: Sequence[RoundQuality]) -> Figure:
+    """Val (dashed) and test (solid) metrics of each round's student against its human labels.
+
+    The x axis counts human labels (integer ticks); the legend is outside the axes.
+    """
+    fig = _figure(7.5)
     ax = fig.add_subplot()
-    x = [q.human_labels for q in report.quality]
+    x = [q.human_labels for q in quality]
     colours = dict(zip(METRIC_KEYS, ("#4c72b0", "#dd8452", "#55a868", "#8172b3"), strict=True))
     for key in METRIC_KEYS:
         for split, style in (("test", "-"), ("val", "--")):
-            pts = [(xi, (getattr(q, split) or {}).get(key)) for xi, q in zip(x, report.quality, strict=True)]
+            pts = [(xi, (getattr(q, split) or {}).get(key)) for xi, q in zip(x, quality, strict=True)]
             pts = [(a, b) for a, b in pts if b is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, marker="o", color=colours[key],
                         label=f"{split} {METRIC_NAMES[key]}")
-    for xi, q in zip(x, report.quality, strict=True):
+    for xi, q in zip(x, quality, strict=True):
         ax.annotate(f"r{q.round}", (xi, 0.0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
     ax.set_ylim(0, 1.02)
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("human labels (incl. corrections)")
     ax.set_ylabel("score")
     ax.set_title("Model quality per round")
-    ax.legend(loc="lower right", fontsize=7, ncol=2)
+    _legend_outside(ax, 7)
+    return fig
+
+
+def quality_plot(report: Report) -> Picture | None:
+    """:func:`quality_figure` of the report's rounds, or None without rounds."""
+    if not report.quality:
+        return None
     return Picture("Student metrics per round against the number of human labels (solid: test, dashed: val)",
-                   png_uri(fig))
+                   png_uri(quality_figure(report.quality)))
 
 
 def histogram_plot(counts: list[int], title: str, xlabel: str, threshold: float | None = None,
@@ -106,8 +136,9 @@ def histogram_plot(counts: list[int], title: str, xlabel: str, threshold: float 
     ax.bar([(i + 0.5) / bins for i in range(bins)], counts, width=1 / bins, color=colour, edgecolor="white")
     if threshold is not None:
         ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"accept >= {threshold:g}")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")  # "best" keeps clear of the bars
     ax.set_xlim(0, 1)
+    _integer_ticks(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("labels")
     ax.set_title(title, fontsize=10)
