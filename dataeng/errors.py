@@ -61,6 +61,11 @@ class RegistryError(DataEngError):
     """The registry refuses an operation (it would break an invariant)."""
 
 
+class ServiceError(DataEngError):
+    """A server dataeng talks to (Label Studio) is down or refuses a request; the message names
+    the URL and the HTTP status, never a token."""
+
+
 class ModelError(DataEngError):
     """A model, architecture, encoder or checkpoint cannot be used."""
 

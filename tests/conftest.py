@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +27,18 @@ machine does not oversubscribe (torch's default also counts hyper-threads)."""
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say so at the end, even under ``-q``, when Label Studio tests were skipped (and why)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr)
+        if "label studio" in reason.lower() or "label-studio" in reason.lower():
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(f"{count} Label Studio test(s) skipped: {reason}", yellow=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -41,6 +63,126 @@ def interop_python() -> Path:
             pytest.fail(f"{INTEROP_PYTHON} is missing: run scripts/setup.sh --interop")
         pytest.skip(".venv-interop is absent (scripts/setup.sh --interop)")
     return INTEROP_PYTHON
+
+
+def labelstudio_sdk_or_skip() -> None:
+    """Skip (module-level too) when label-studio-sdk is not installed, except under
+    ``DATAENG_REQUIRE_INTEROP=1``, where that fails: ``scripts/setup.sh`` installs it
+    (``.[dev,mediapipe,labelstudio]``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("label_studio_sdk") is None:
+        if os.environ.get("DATAENG_REQUIRE_INTEROP") == "1":
+            pytest.fail("label-studio-sdk is missing: run scripts/setup.sh (pip install -e '.[labelstudio]')")
+        pytest.skip("label-studio-sdk is not installed (pip install 'dataeng[labelstudio]')", allow_module_level=True)
+
+
+LABEL_STUDIO = Path(__file__).resolve().parents[1] / ".venv-labelstudio" / "bin" / "label-studio"
+LABEL_STUDIO_INSTALLED = LABEL_STUDIO.parents[1] / ".installed"
+LABEL_STUDIO_FAILED = LABEL_STUDIO.parents[1] / ".install-failed"
+"""Written by scripts/setup.sh --interop: the server is installed, or why it could not be."""
+LABEL_STUDIO_DB = "label_studio.sqlite3"
+LABEL_STUDIO_START_S = 300
+"""Longest wait for a fresh server to answer /health (its migrations take ~45 s on the 2-core CI machine)."""
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    """A running Label Studio: its URL, the known legacy token, and the local-files document root."""
+
+    url: str
+    token: str
+    document_root: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _labelstudio_template() -> Path:
+    """Where the migrated, empty database of this server install is kept between test sessions (keyed by
+    the install's stamp, so a new Label Studio never starts from an old schema)."""
+    key = hashlib.sha256(LABEL_STUDIO_INSTALLED.read_bytes()).hexdigest()[:16]
+    return LABEL_STUDIO_INSTALLED.parent / "test-template" / f"{key}.sqlite3"
+
+
+def _save_template(db: Path, template: Path) -> None:
+    """Snapshot the running server's fresh database (SQLite's online backup: consistent under WAL)."""
+    template.parent.mkdir(exist_ok=True)
+    tmp = template.with_name(f".{template.name}.{os.getpid()}")
+    with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(tmp)) as dst:
+        src.backup(dst)
+    os.replace(tmp, template)
+
+
+@pytest.fixture(scope="session")
+def labelstudio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio server (``.venv-labelstudio``, ``scripts/setup.sh --interop``) on a free
+    127.0.0.1 port, for the whole test session: a temporary data dir and SQLite database, one user
+    with a known legacy API token, local-files serving below a temporary document root. Stopped at
+    the end of the session. The first session snapshots the freshly migrated database into
+    ``.venv-labelstudio/test-template/`` and later ones start from a copy of it (Label Studio's
+    migrations take most of a minute). Skips when the server is not installed, except under
+    ``DATAENG_REQUIRE_INTEROP=1`` (``scripts/test.sh``, CI), where that fails instead.
+    """
+    if LABEL_STUDIO_FAILED.is_file():  # setup.sh tried and could not: skip, naming why (even in CI)
+        pytest.skip(f"Label Studio server not installed: {LABEL_STUDIO_FAILED.read_text().strip()}")
+    if not (LABEL_STUDIO.is_file() and LABEL_STUDIO_INSTALLED.is_file()):
+        if os.environ.get("DATAENG_REQUIRE_INTEROP") == "1":
+            pytest.fail(f"{LABEL_STUDIO} is missing: run scripts/setup.sh --interop")
+        pytest.skip("Label Studio server not installed: .venv-labelstudio is absent (scripts/setup.sh --interop)")
+    base = tmp_path_factory.mktemp("labelstudio")
+    data, root = base / "data", base / "files"
+    data.mkdir()
+    root.mkdir()
+    port, token = _free_port(), "dataeng-test-token-0123456789"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
+    env.update({
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "DJANGO_DB": "sqlite",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        # Nothing may leave the machine: no version check, no analytics, no Sentry.
+        "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
+        "SECRET_KEY": "dataeng-tests-only",
+    })
+    url = f"http://127.0.0.1:{port}"
+    log = base / "server.log"
+    template = _labelstudio_template()
+    if template.is_file():  # a migrated database with the user and token: starts in seconds, not a minute
+        shutil.copyfile(template, data / LABEL_STUDIO_DB)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(LABEL_STUDIO), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+             "--data-dir", str(data), "--username", "dataeng@example.com", "--password", "dataeng-test-pw",
+             "--user-token", token, "--enable-legacy-api-token"],
+            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LABEL_STUDIO_START_S
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"Label Studio did not start at {url} (exit {process.poll()}):\n{tail}")
+            time.sleep(1)
+        if not template.is_file():
+            _save_template(data / LABEL_STUDIO_DB, template)
+        yield LabelStudioServer(url, token, root, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

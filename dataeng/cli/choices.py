@@ -72,6 +72,7 @@ class LabelFormat(StrEnum):
     cvat = "cvat"
     coco = "coco"
     supervisely = "supervisely"
+    labelstudio = "labelstudio"
     masks = "masks"
 
 
@@ -84,6 +85,7 @@ class IngestFormat(StrEnum):
     supervisely = "supervisely"
     mask_folder = "mask_folder"
     alpha_folder = "alpha_folder"
+    labelstudio = "labelstudio"
 
 
 class ReviewFormat(StrEnum):
@@ -91,6 +93,7 @@ class ReviewFormat(StrEnum):
 
     labelme = "labelme"
     cvat = "cvat"
+    labelstudio = "labelstudio"
 
 
 class Queue(StrEnum):
@@ -105,6 +108,13 @@ class CvatShapes(StrEnum):
     """How ``dataeng review export --format cvat`` writes its pre-labels."""
 
     mask = "mask"
+    polygon = "polygon"
+
+
+class LabelStudioShapes(StrEnum):
+    """How ``dataeng review export --format labelstudio`` writes its predictions."""
+
+    brush = "brush"
     polygon = "polygon"
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 Split = Literal["train", "val", "test"]
 Origin = Literal["human", "pseudo"]
-LabelSource = Literal["labelme", "cvat", "coco", "supervisely", "mask", "alpha", "review", "teacher"]
+LabelSource = Literal["labelme", "cvat", "coco", "supervisely", "labelstudio", "mask", "alpha", "review", "teacher"]
 LabelStatus = Literal["active", "superseded", "needs_review", "rejected"]
 RunKind = Literal["train", "pseudolabel", "evaluate"]
 RunStatus = Literal["running", "finished", "failed", "imported"]  # imported: a teacher checkpoint from outside
@@ -170,6 +170,7 @@ class ProblemKind(StrEnum):
     NOT_IN_REVIEW = "not-in-review"
     UNMATCHED = "unmatched"
     STALE_REVIEW = "stale-review"
+    SERVICE = "service"  # a server (Label Studio) that is down or refuses a request
     # evaluation
     MISSING_MASK = "missing-mask"
     # pseudo-labelling
@@ -194,7 +195,12 @@ class Problem(Base):
 
 
 class Review(Base):
-    """One export of masks to annotators, and what came back."""
+    """One export of masks to annotators, and what came back.
+
+    ``meta``: where the review went beyond its folder; ``{"labelstudio": {"url", "project_id",
+    "project", "storage_id", "pushed_at"}}`` once pushed to a Label Studio server (each item then
+    holds its ``labelstudio_task_id``). Never a token.
+    """
 
     __tablename__ = "reviews"
 
@@ -208,6 +214,7 @@ class Review(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     imported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class ImageMetric(Base):

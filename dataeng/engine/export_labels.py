@@ -2,7 +2,8 @@
 
 Images go alongside (the format writers copy them; records are named ``<split>/<stem>_<sha8><ext>``,
 so that two source files with the same name never collide; the masks writer flattens the
-split away and CVAT writes it as each image's ``subset``), ignore regions as
+split away, CVAT writes it as each image's ``subset`` and Label Studio puts the images under
+``images/<split>/``: human labels as annotations, pseudo-labels as predictions), ignore regions as
 ``__ignore__`` shapes (COCO: crowd regions marked ``dataeng_ignore``), provenance (label
 id, origin, source, run, round) in each format's metadata. Ingesting the export into a
 fresh workspace reproduces the masks and, because splits are a hash of image content,
@@ -33,6 +34,7 @@ FORMAT_NAMES = {
     "cvat": "cvat",
     "coco": "coco",
     "supervisely": "supervisely",
+    "labelstudio": "labelstudio",
     "masks": "mask_folder",
 }
 
@@ -49,7 +51,7 @@ def export_labels(
     workspace: Workspace,
     session: Session,
     out: Path,
-    fmt: Literal["labelme", "cvat", "coco", "supervisely", "masks"],
+    fmt: Literal["labelme", "cvat", "coco", "supervisely", "labelstudio", "masks"],
     *,
     split: Literal["train", "val", "test", "all"] = "all",
     origin: Literal["human", "pseudo", "all"] = "all",

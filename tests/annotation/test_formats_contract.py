@@ -13,6 +13,7 @@ from dataeng.annotation.rasterize import rasterize
 from dataeng.annotation.types import IGNORE_INDEX, ExportRecord, LabelMap
 from dataeng.errors import UnsupportedFormatError
 from tests.annotation.conftest import iou
+from tests.conftest import labelstudio_sdk_or_skip
 
 # Where each format's own real fixture is (None: no real fixture; its writer's output is used).
 OWN_FIXTURE: dict[str, str | None] = {
@@ -22,11 +23,14 @@ OWN_FIXTURE: dict[str, str | None] = {
     "supervisely": None,
     "mask_folder": "portrait/picsart_sample",
     "alpha_folder": None,
+    "labelstudio": None,
 }
-HOLES = {"labelme", "cvat", "coco", "supervisely", "mask_folder"}
+HOLES = {"labelme", "cvat", "coco", "supervisely", "mask_folder", "labelstudio"}
 
 
 def _written(name: str, out: Path, records: list[ExportRecord], label_map: LabelMap) -> Path:
+    if name == "labelstudio":
+        labelstudio_sdk_or_skip()  # brush RLE is the SDK's
     paths = get_format(name).write(out, records, label_map)
     assert paths and all(p.is_file() for p in paths)
     return out

@@ -35,6 +35,7 @@ def _squash(text: str) -> str:
     (["review", "export", "{tmp}/x", "--format", "coco"], "--format", c.ReviewFormat),
     (["review", "export", "{tmp}/x", "--queue", "all"], "--queue", c.Queue),
     (["review", "export", "{tmp}/x", "--cvat-shapes", "box"], "--cvat-shapes", c.CvatShapes),
+    (["review", "export", "{tmp}/x", "--shapes", "rle"], "--shapes", c.LabelStudioShapes),
     (["review", "export", "{tmp}/x", "--device", "tpu"], "--device", c.Device),
     (["export", "labels", "{tmp}/x", "--format", "yolo"], "--format", c.LabelFormat),
     (["export", "labels", "{tmp}/x", "--split", "holdout"], "--split", c.LabelSplit),
@@ -58,10 +59,11 @@ def test_invalid_choice_exits_2_and_names_the_choices(tmp_path: Path, args: list
     (["train", "--help"], "<none|fixmatch|unimatch>"),
     (["evaluate", "--help"], "<val|test>"),
     (["pseudolabel", "--help"], "<flip|none>"),
-    (["review", "export", "--help"], "<labelme|cvat>"),
+    (["review", "export", "--help"], "<labelme|cvat|labelstudio>"),
+    (["review", "export", "--help"], "<brush|polygon>"),
     (["review", "export", "--help"], "<uncertain|issues|eval>"),
     (["review", "export", "--help"], "<mask|polygon>"),
-    (["export", "labels", "--help"], "<labelme|cvat|coco|supervisely|masks>"),
+    (["export", "labels", "--help"], "<labelme|cvat|coco|supervisely|labelstudio|masks>"),
     (["export", "labels", "--help"], "<train|val|test|all>"),
     (["export", "labels", "--help"], "<human|pseudo|all>"),
     (["predict", "--help"], "<mask|alpha|cutout|overlay>"),
@@ -73,7 +75,7 @@ def test_help_lists_the_choices(args: list[str], metavar: str) -> None:
 
 def test_choices_are_str_enums() -> None:
     enums = [v for v in vars(c).values() if isinstance(v, type) and issubclass(v, Enum) and v.__module__ == c.__name__]
-    assert len(enums) == 14
+    assert len(enums) == 15
     for enum in enums:
         assert issubclass(enum, str) and all(member.value == member.name for member in enum), enum
 

@@ -20,7 +20,7 @@ def _invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout if "--json" in args else result.output
 
 
-@pytest.mark.parametrize("command", ["export", "import", "close"])
+@pytest.mark.parametrize("command", ["export", "import", "push", "pull", "close"])
 def test_every_review_command_has_help(command: str) -> None:
     code, out = _invoke("review", command, "--help")
     assert code == 0 and "Usage" in out

@@ -18,7 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataeng.annotation.formats import alpha_folder, coco, cvat, cvat_labels, labelme, mask_folder, supervisely
+from dataeng.annotation.formats import (
+    alpha_folder,
+    coco,
+    cvat,
+    cvat_labels,
+    labelme,
+    labelstudio,
+    mask_folder,
+    supervisely,
+)
 from dataeng.annotation.formats.jsonfile import load_json
 from dataeng.annotation.formats.result import ReadResult
 from dataeng.errors import AnnotationError, UnsupportedFormatError
@@ -69,11 +78,19 @@ FORMATS: dict[str, Format] = {
         alpha_folder.write,
         True,
     ),
+    "labelstudio": Format(
+        "labelstudio",
+        "Label Studio JSON (tasks, JSON and JSON_MIN exports)",
+        labelstudio.detect,
+        labelstudio.read,
+        labelstudio.write,
+        False,
+    ),
 }
 
 # Folder layouts first (they contain JSON/PNG that file formats could claim), then files
 # from the most specific header to the least.
-_DETECT_ORDER = ("supervisely", "mask_folder", "alpha_folder", "cvat", "coco", "labelme")
+_DETECT_ORDER = ("supervisely", "mask_folder", "alpha_folder", "cvat", "coco", "labelstudio", "labelme")
 
 
 def get_format(name: str) -> Format:
@@ -128,7 +145,7 @@ def find_annotations(folder: Path) -> list[tuple[str, Path]]:
 
     Folder layouts (Supervisely projects, images/ + masks/, images/ + alpha/) are
     returned as their folder and not searched further; files (labelme JSON, CVAT XML,
-    COCO JSON) one by one. Hidden folders are skipped. Sorted by path.
+    COCO JSON, Label Studio JSON) one by one. Hidden folders are skipped. Sorted by path.
     """
     found: list[tuple[str, Path]] = []
     if folder.is_file():
@@ -149,7 +166,7 @@ def find_annotations(folder: Path) -> list[tuple[str, Path]]:
             path = here / file
             if path.suffix.lower() not in (".json", ".xml"):
                 continue
-            for name in ("cvat", "coco", "labelme"):
+            for name in ("cvat", "coco", "labelstudio", "labelme"):
                 if FORMATS[name].detect(path):
                     found.append((name, path))
                     break

@@ -42,6 +42,7 @@ SOURCE_OF_FORMAT = {
     "cvat": "cvat",
     "coco": "coco",
     "supervisely": "supervisely",
+    "labelstudio": "labelstudio",
     "mask_folder": "mask",
     "alpha_folder": "alpha",
 }
@@ -83,7 +84,7 @@ def discover(inputs: Sequence[str | Path], fmt: str | None = None) -> Annotation
         if fmt is not None:
             spec = get_format(fmt)
             if path.is_dir() and not spec.folder_format:
-                suffix = {"labelme": ".json", "coco": ".json", "cvat": ".xml"}.get(fmt, "")
+                suffix = {"labelme": ".json", "coco": ".json", "labelstudio": ".json", "cvat": ".xml"}.get(fmt, "")
                 found.sets += [(fmt, p, root) for p in sorted(path.rglob(f"*{suffix}")) if spec.detect(p)]
             else:
                 found.sets.append((fmt, path, root))

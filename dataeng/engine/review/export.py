@@ -19,10 +19,11 @@ Images already out in an open review are not sent again. The export folder holds
 images (hardlinked or copied from the store), the annotations (Labelme: one JSON per
 image, ``imageData`` null, flag ``reviewed`` unticked; CVAT: ``annotations.xml`` of a
 task export, plus ``cvat_labels.json`` for the task's label constructor) and
-``manifest.json``. The files are written to a temporary folder, read back with the same
-readers the import uses and drawn (that drawing is the pre-fill the correction is compared
-with), then the ``reviews`` row is inserted, the manifest and pre-fills written, and the
-folder renamed into place in one transaction.
+``manifest.json``. Polygons are traced under ``[review]``'s limits (:func:`trace_limits`):
+no specks, few vertices, IoU >= ``min_iou`` with what was sent. The files are written to a
+temporary folder, read back with the same readers the import uses and drawn (that drawing
+is the pre-fill the correction is compared with), then the ``reviews`` row is inserted, the
+manifest and pre-fills written, and the folder renamed into place in one transaction.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ import numpy as np
 from sqlalchemy import exists, func, select
 
 from dataeng.annotation.formats import cvat, cvat_labels, labelme
+from dataeng.annotation.formats.labelstudio import TASKS_FILE
 from dataeng.annotation.masks import read_mask, write_mask
 from dataeng.annotation.rasterize import rasterize, scale_shapes
+from dataeng.annotation.trace import TraceLimits
 from dataeng.annotation.types import IGNORE_INDEX, ExportRecord, LabelMap
 from dataeng.db.queries import review_queue
 from dataeng.db.schema import Image, Label, Review, utcnow
@@ -50,6 +53,7 @@ from dataeng.engine.learn.runs import RunRef, best_run
 from dataeng.engine.learn.samples import Sample
 from dataeng.engine.learn.teacher import resolve_teacher
 from dataeng.engine.review.items import FORMATS, QUEUES, Queue, ReviewFormat, pending_image_ids
+from dataeng.engine.review.labelstudio_tasks import LabelStudioOptions, stamp_review, write_review_tasks
 from dataeng.engine.review.manifest import MANIFEST_NAME, Manifest, ManifestItem, write_manifest
 from dataeng.errors import DataEngError, ModelError, NothingToDoError
 from dataeng.models.inference import class_mask, predict_batches, resolve_device
@@ -59,12 +63,19 @@ from dataeng.storage import link_or_copy
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from dataeng.config import ReviewConfig
     from dataeng.workspace import Workspace
 
 DEFAULT_LIMIT = 50
 REVIEWED_FLAG = "reviewed"
 """The Labelme image flag (and CVAT image tag) an annotator ticks to say 'checked'."""
 CVAT_LABELS_NAME = cvat_labels.LABELS_FILE
+
+
+def trace_limits(config: ReviewConfig) -> TraceLimits:
+    """The tracing limits of review pre-fills, from ``[review]`` in dataeng.toml."""
+    return TraceLimits(min_region_fraction=config.min_region_fraction, simplify_fraction=config.simplify_fraction,
+                       max_vertices=config.max_vertices, min_iou=config.min_iou)
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ def export_review(
     folds: int = 0,
     device: str | None = None,
     cvat_shapes: Literal["mask", "polygon"] = "mask",
+    labelstudio_shapes: Literal["brush", "polygon"] = "brush",
     progress: Progress | None = None,
 ) -> ReviewExport:
     """Export up to ``limit`` images of a review queue, pre-filled, for annotators.
@@ -124,12 +136,14 @@ def export_review(
     Args:
         workspace: the open workspace; session: committed by this function (the caller closes it).
         out: the folder to create (it may exist if empty).
-        fmt: ``labelme`` or ``cvat``.
+        fmt: ``labelme``, ``cvat`` or ``labelstudio``.
         queue: ``uncertain``, ``issues`` or ``eval`` (see the module docstring).
         limit: at most this many images.
         folds: passed to the issues ranking (cross-validation folds; 0: its default).
         device: for the teacher (eval) or the issues ranking; default ``[train] device``.
         cvat_shapes: CVAT pre-labels as ``mask`` (RLE, exact) or ``polygon`` shapes.
+        labelstudio_shapes: Label Studio predictions as ``brush`` (its RLE, exact) or ``polygon``
+            regions (:mod:`.labelstudio_tasks`).
         progress: one step per image written.
 
     Returns:
@@ -169,6 +183,7 @@ def export_review(
         planned = _issues(workspace, session, limit, excluded, folds, device, progress, notices)
     else:
         planned, teacher_run_id = _evaluation(workspace, session, limit, excluded, device, progress)
+    runs = _prefill_runs(session, planned, teacher_run_id) if fmt == "labelstudio" else ()
     session.commit()  # end the read transaction: no lock is held while files are written
     if not planned:
         raise NothingToDoError(f"nothing to review: the {queue} queue is empty"
@@ -180,7 +195,8 @@ def export_review(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         progress.task(f"exporting {queue} queue ({fmt})", len(planned))
-        prefills = _write_files(workspace, tmp, planned, label_map, fmt, cvat_shapes, progress)
+        prefills = _write_files(workspace, tmp, planned, label_map, fmt, cvat_shapes, progress,
+                                LabelStudioOptions(out, labelstudio_shapes, runs))
         review = _register(workspace, session, tmp, out, planned, prefills, queue, fmt, watermark)
     except BaseException:
         session.rollback()
@@ -189,8 +205,8 @@ def export_review(
     counts: dict[str, int] = {}
     for p in planned:
         counts[p.prefill_source] = counts.get(p.prefill_source, 0) + 1
-    return ReviewExport(review.id, out, fmt, queue, len(planned), counts, teacher_run_id, _open_command(out, fmt),
-                        notices)
+    return ReviewExport(review.id, out, fmt, queue, len(planned), counts, teacher_run_id,
+                        _open_command(out, fmt, review.id), notices)
 
 
 # ---------------------------------------------------------------- queues
@@ -296,6 +312,15 @@ def _teacher_masks(workspace: Workspace, session: Session, images: list[Image], 
     return teacher_.run_id, masks
 
 
+def _prefill_runs(session: Session, planned: list[_Planned], teacher_run_id: int | None) -> tuple[int | None, ...]:
+    """The run that made each pre-fill (Label Studio's ``model_version``): the pre-label's teacher, or the
+    evaluation teacher."""
+    ids = [p.label_id for p in planned if p.label_id is not None]
+    runs = dict(session.execute(select(Label.id, Label.run_id).where(Label.id.in_(ids))).tuples().all()) if ids else {}
+    return tuple(runs.get(p.label_id) if p.label_id is not None
+                 else (teacher_run_id if p.prefill_source == "teacher" else None) for p in planned)
+
+
 def _images(session: Session, ids: list[int]) -> dict[int, Image]:
     return {im.id: im for im in session.scalars(select(Image).where(Image.id.in_(ids)))} if ids else {}
 
@@ -315,7 +340,8 @@ def _name(planned: list[_Planned]) -> None:
 
 # ---------------------------------------------------------------- files
 def _write_files(workspace: Workspace, tmp: Path, planned: list[_Planned], label_map: LabelMap, fmt: str,
-                 cvat_shapes: Literal["mask", "polygon"], progress: Progress) -> list[np.ndarray]:
+                 cvat_shapes: Literal["mask", "polygon"], progress: Progress,
+                 labelstudio_options: LabelStudioOptions | None = None) -> list[np.ndarray]:
     """Images, annotations and (CVAT) label list into ``tmp``; returns each item's pre-fill as drawn back."""
     mode = workspace.config.ingest.link
     image_dir = tmp if fmt == "labelme" else tmp / "images"
@@ -331,12 +357,19 @@ def _write_files(workspace: Workspace, tmp: Path, planned: list[_Planned], label
         meta = {"image_sha256": p.image.sha256, "prelabel_id": p.label_id} if fmt == "labelme" else {}
         records.append(ExportRecord(image_name=p.name, width=p.image.width, height=p.image.height, mask=p.mask,
                                     meta=meta))
+    limits = trace_limits(workspace.config.review)
     if fmt == "labelme":
-        files = labelme.write(tmp, records, label_map, flags={REVIEWED_FLAG: False}, copy_images=False)
+        files = labelme.write(tmp, records, label_map, flags={REVIEWED_FLAG: False}, limits=limits,
+                              copy_images=False)
         annotations = [labelme.read_file(f, tmp)[0] for f in files]
+    elif fmt == "labelstudio":
+        items = [{"n": n, "image_sha256": p.image.sha256, "image_id": p.image.id, "label_id": p.label_id,
+                  "score": p.score} for n, p in enumerate(planned)]
+        annotations = write_review_tasks(tmp, records, items, label_map,
+                                         labelstudio_options or LabelStudioOptions(tmp), limits)
     else:
         # cvat_labels.json too: the classes, __ignore__, holes, and the reviewed tag
-        cvat.write(tmp, records, label_map, cvat_masks=cvat_shapes, copy_images=False,
+        cvat.write(tmp, records, label_map, cvat_masks=cvat_shapes, limits=limits, copy_images=False,
                    task_name="dataeng review", tags=(REVIEWED_FLAG,))
         by_name = {a.image_name: a for a in cvat.read(tmp / "annotations.xml").items}
         annotations = [by_name[p.name] for p in planned]
@@ -374,7 +407,8 @@ def _register(workspace: Workspace, session: Session, tmp: Path, out: Path, plan
             write_mask(workspace.root / rel, prefill)
             sent = f"reviews/{review.id}/sent/{n}.png"
             write_mask(workspace.root / sent, p.mask)
-            file = Path(p.name).with_suffix(".json").name if fmt == "labelme" else "annotations.xml"
+            file = {"labelme": Path(p.name).with_suffix(".json").name, "labelstudio": TASKS_FILE}.get(
+                fmt, "annotations.xml")
             original = Path(p.image.original_path.replace("\\", "/")).name
             manifest_items.append(ManifestItem(n, file, p.name, original, p.image.sha256, p.image.id, p.label_id,
                                                p.score))
@@ -386,6 +420,8 @@ def _register(workspace: Workspace, session: Session, tmp: Path, out: Path, plan
         manifest = Manifest(review.id, queue, fmt, str(workspace.root), utcnow().isoformat(), tuple(manifest_items))
         write_manifest(tmp / MANIFEST_NAME, manifest)
         write_manifest(review_dir / MANIFEST_NAME, manifest)
+        if fmt == "labelstudio":
+            stamp_review(tmp, review.id)
         _readable(tmp)
         os.replace(tmp, out)
         session.commit()
@@ -407,9 +443,15 @@ def _readable(folder: Path) -> None:
             os.chmod(path, 0o666 & ~umask)
 
 
-def _open_command(out: Path, fmt: str) -> str:
+def _open_command(out: Path, fmt: str, review_id: int) -> str:
     if fmt == "labelme":
         return f"labelme {out} --flags {REVIEWED_FLAG}"
+    if fmt == "labelstudio":
+        return (f"`dataeng review push {review_id} --labelstudio URL` (LABEL_STUDIO_API_KEY set; the server with "
+                f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at or above "
+                f"{out}), or create a project with {out / 'labeling_config.xml'}, add a Local files storage for "
+                f"{out / 'images'} and import {out / TASKS_FILE}; annotate, then `dataeng review pull {review_id}` or "
+                f"export the project as JSON and `dataeng review import <export>.json`")
     return (f"create a CVAT task with the labels in {out / CVAT_LABELS_NAME} and the images in {out / 'images'}, "
             f"upload {out / 'annotations.xml'} as 'CVAT 1.1', correct, export the task as 'CVAT for images 1.1' "
             f"into {out}, then `dataeng review import {out}/<export>.zip`")

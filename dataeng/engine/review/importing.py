@@ -1,10 +1,15 @@
 """``dataeng review import``: annotators' corrections become human labels.
 
 Input: a Labelme export folder (one JSON per image), a CVAT for images 1.1 export (a
-folder holding ``annotations.xml``, the XML itself, or the task export zip). Each file is
+folder holding ``annotations.xml``, the XML itself, or the task export zip), or a Label
+Studio "JSON" / "JSON_MIN" export (the file, or a folder holding it). Each file is
 matched to its review item through ``manifest.json`` (in the folder or zip, beside the
 zip, or ``--manifest``); without one, by the sha256 of the image file beside the
-annotation (or inside the zip), against the items of every review.
+annotation (or inside the zip), against the items of every review. A Label Studio task
+carries the manifest's ids in its ``data`` (review, item, image sha256) and is matched by
+them, else by ``data.image_sha256`` or its image file's sha256; only its latest submitted
+annotation counts (a submitted annotation is a review, changed or not), and a task that was
+skipped (cancelled) or never annotated stays in the queue.
 
 An item counts as reviewed when the Labelme flag ``reviewed`` is ticked, the CVAT image
 carries a ``reviewed`` tag, or its shapes draw a mask other than the pre-fill. A reviewed
@@ -25,13 +30,14 @@ item is then ``refused`` for good: no silent overwrite).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
+from dataeng.annotation.formats.labelstudio import NAME as LABELSTUDIO
 from dataeng.annotation.masks import encode_png, read_mask
 from dataeng.annotation.types import BACKGROUND, LabelMap
 from dataeng.db.schema import Batch, Image, Problem, ProblemKind, Review, utcnow
@@ -140,8 +146,9 @@ def import_review(
     label_map = LabelMap(workspace.config.classes, workspace.config.aliases)
     with open_input(path, manifest) as found:
         if not found.sources and not found.problems:
-            raise NothingToDoError(f"{path}: no Labelme JSON or CVAT annotations.xml to import")
-        read = read_manifest(found.manifest) if found.manifest is not None else None
+            raise NothingToDoError(f"{path}: no Labelme JSON, CVAT annotations.xml or Label Studio export to import")
+        # Label Studio tasks carry the manifest's ids themselves.
+        read = read_manifest(found.manifest) if found.manifest is not None and found.kind != "labelstudio" else None
         review = None
         if read is not None:
             review = session.get(Review, read[0].review_id)
@@ -155,7 +162,9 @@ def import_review(
         summary = ReviewImport(batch_id=batch.id, files=len(found.sources))
         for problem in found.problems + (read[1] if read is not None else []):
             _problem(session, summary, problem, ProblemKind.ANNOTATION)
-        if read is not None and review is not None:
+        if found.kind == "labelstudio":
+            matched = _match_labelstudio(session, summary, found)
+        elif read is not None and review is not None:
             matched = _match_manifest(session, summary, found, read[0], review)
         else:
             matched = _match_sha256(session, summary, found)
@@ -213,6 +222,44 @@ def _match_manifest(session: Session, summary: ReviewImport, found: Input, manif
                 _problem(session, summary, source.error, ProblemKind.ANNOTATION)
             else:
                 summary.notices.append(f"{source.path}: not in the manifest; skipped")
+    return matched
+
+
+def _match_labelstudio(session: Session, summary: ReviewImport, found: Input) -> list[tuple[int, int, Source]]:
+    """Label Studio tasks -> items, by the ids in their data, else by sha256; unannotated tasks stay pending."""
+    matched, by_sha = [], []
+    known = set(session.scalars(select(Image.sha256).where(
+        Image.sha256.in_([s.ids[2] for s in found.sources if s.ids is not None]))))
+    for source in found.sources:
+        if source.error is not None:
+            _problem(session, summary, source.error, ProblemKind.ANNOTATION)
+            continue
+        if source.state != "annotated":
+            summary.untouched += 1
+            if source.state == "skipped":
+                summary.notices.append(f"{source.path}: skipped in Label Studio; stays in the queue")
+            continue
+        if source.ids is None:
+            by_sha.append(source)
+            continue
+        review_id, n, sha = source.ids
+        if sha not in known:
+            _problem(session, summary, InputError("names an image that is not in this registry", path=source.path,
+                                                  field="data.image_sha256", value=sha), ProblemKind.UNKNOWN_IMAGE)
+            continue
+        review = session.get(Review, review_id)
+        if review is None:
+            by_sha.append(source)  # a review of another workspace: the image may still be out here
+            continue
+        items = items_of(review)
+        if n >= len(items) or items[n]["image_sha256"] != sha:
+            _problem(session, summary, InputError(f"this image is not item {n} of review {review_id}",
+                                                  path=source.path, field="data.dataeng_item", value=n),
+                     ProblemKind.NOT_IN_REVIEW)
+            continue
+        matched.append((review_id, n, source))
+    if by_sha:
+        matched += _match_sha256(session, summary, replace(found, sources=by_sha))
     return matched
 
 
@@ -287,7 +334,8 @@ def _import_one(workspace: Workspace, session: Session, summary: ReviewImport, l
     prefill = read_mask(workspace.root / item["prefill"])
     unchanged = prefill.shape == correction.shape and bool(np.array_equal(prefill, correction))
     flags = annotation.meta.get("flags") or {}
-    ticked = flags.get(REVIEWED_FLAG) is True or REVIEWED_FLAG in (annotation.meta.get("tags") or [])
+    ticked = flags.get(REVIEWED_FLAG) is True or REVIEWED_FLAG in (annotation.meta.get("tags") or []) \
+        or (annotation.source == LABELSTUDIO and annotation.meta.get("state") == "annotated")
     if unchanged and not ticked:
         summary.untouched += 1
         return

@@ -1,7 +1,8 @@
-"""What annotators sent back, opened for ``dataeng review import``: Labelme folders and CVAT exports.
+"""What annotators sent back, opened for ``dataeng review import``: Labelme folders, CVAT and Label Studio exports.
 
 :func:`open_input` takes a Labelme export folder (one JSON per image), a folder holding a
-CVAT ``annotations.xml``, the XML itself, or a CVAT task export zip, and yields an
+CVAT ``annotations.xml``, the XML itself, a CVAT task export zip, a Label Studio JSON or
+JSON_MIN export (or a folder holding one beside ``labeling_config.xml``), and yields an
 :class:`Input`: one :class:`Source` per annotation (parsed with the format readers, or the
 error that refused it), the manifest found in or beside it, and the problems of the
 input as a whole. Nothing in a zip decides where a file is written.
@@ -19,8 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dataeng.annotation.formats import cvat, labelme
+from dataeng.annotation.formats import cvat, labelme, labelstudio
 from dataeng.engine.review.export import CVAT_LABELS_NAME
+from dataeng.engine.review.labelstudio_tasks import ITEM_KEY, REVIEW_KEY, SHA_KEY
 from dataeng.engine.review.manifest import MANIFEST_NAME
 from dataeng.errors import DataEngError, InputError
 from dataeng.storage import file_sha256
@@ -34,20 +36,22 @@ _MAX_ZIP_MEMBER = 2 << 30  # annotations.xml or manifest.json bigger than this i
 
 @dataclass
 class Source:
-    """One annotation found in the input: a Labelme file or one CVAT ``<image>``."""
+    """One annotation found in the input: a Labelme file, one CVAT ``<image>`` or one Label Studio task."""
 
-    key: str  # Labelme: the JSON's file name; CVAT: the image's base name
+    key: str  # Labelme: the JSON's file name; CVAT: the image's base name; Label Studio: file#task index
     path: str  # named in messages
     annotation: ImageAnnotation | None = None
     error: DataEngError | None = None
     image_sha256: Callable[[], str | None] = lambda: None
+    state: str = "annotated"  # Label Studio: annotated | skipped | predicted | empty (only annotated imports)
+    ids: tuple[int, int, str] | None = None  # Label Studio: (review id, item n, image sha256) from the task data
 
 
 @dataclass
 class Input:
     """An opened input: its annotations, the manifest to match them by, whole-input problems."""
 
-    kind: str  # labelme | cvat
+    kind: str  # labelme | cvat | labelstudio
     sources: list[Source]
     manifest: Path | None
     problems: list[DataEngError]
@@ -69,16 +73,27 @@ def open_input(path: Path, manifest: Path | None) -> Iterator[Input]:
         with tempfile.TemporaryDirectory(prefix="dataeng-review-") as tmp, zf:
             yield _zip_input(zf, path, Path(tmp), manifest)
         return
-    if path.is_file() and path.suffix.lower() != ".xml":
-        raise InputError("expected a folder, a CVAT .xml or a CVAT export .zip", path=path)
     folder = path if path.is_dir() else path.parent
     beside = folder / MANIFEST_NAME
     manifest = manifest or (beside if beside.is_file() else None)
+    problems: list[DataEngError] = []
+    if path.is_file() and path.suffix.lower() == ".json" and labelstudio.detect(path):
+        yield Input("labelstudio", _labelstudio_sources(path, folder, problems), manifest, problems)
+        return
+    if path.is_file() and path.suffix.lower() != ".xml":
+        raise InputError("expected a folder, a CVAT .xml, a CVAT export .zip or a Label Studio .json export",
+                         path=path)
     xml = path if path.is_file() else folder / "annotations.xml"
     if xml.is_file():
-        problems: list[DataEngError] = []
         sources = _cvat_sources(xml, folder, lambda name: _file_sha(folder, name), problems)
         yield Input("cvat", sources, manifest, problems)
+        return
+    exports = [p for p in sorted(folder.glob("*.json")) if p.name != MANIFEST_NAME and labelstudio.detect(p)]
+    if exports:
+        # The server's exports, not the tasks that were sent (those hold predictions only).
+        exports = [p for p in exports if p.name != labelstudio.TASKS_FILE] or exports
+        sources = [s for export in exports for s in _labelstudio_sources(export, folder, problems)]
+        yield Input("labelstudio", sources, manifest, problems)
         return
     yield Input("labelme", _labelme_sources(folder), manifest, [])
 
@@ -163,6 +178,29 @@ def _cvat_sources(xml: Path, root: Path, sha: Callable[[str], str | None], probl
         name = Path(annotation.image_name.replace("\\", "/")).name
         sources.append(Source(name, f"{shown or xml}:{annotation.image_name}", annotation,
                                image_sha256=partial(sha, name)))
+    return sources
+
+
+def _labelstudio_sources(file: Path, root: Path, problems: list[DataEngError]) -> list[Source]:
+
+    try:
+        tasks, _ = labelstudio.read_tasks(file, root)
+    except DataEngError as e:
+        problems.append(e)
+        return []
+    sources = []
+    for task in tasks:
+        shown = f"{file}:task {task.task_id if task.task_id is not None else f'[{task.index}]'}"
+        source = Source(f"{file.name}#{task.index}", shown, task.annotation, task.error, state=task.state)
+        review, item, sha = task.data.get(REVIEW_KEY), task.data.get(ITEM_KEY), task.data.get(SHA_KEY)
+        if isinstance(sha, str) and len(sha) == 64:
+            source.image_sha256 = partial(str, sha)
+            if isinstance(review, int) and isinstance(item, int) and not isinstance(review, bool) \
+                    and not isinstance(item, bool):
+                source.ids = (review, item, sha)
+        elif task.annotation is not None:
+            source.image_sha256 = partial(_sha256_of, task.annotation.image_path)
+        sources.append(source)
     return sources
 
 

@@ -35,10 +35,10 @@ from dataeng.db.schema import Review, utcnow
 from dataeng.errors import DataEngError
 
 Queue = Literal["uncertain", "issues", "eval"]
-ReviewFormat = Literal["labelme", "cvat"]
+ReviewFormat = Literal["labelme", "cvat", "labelstudio"]
 ItemState = Literal["pending", "imported", "refused", "abandoned"]
 QUEUES: tuple[Queue, ...] = ("uncertain", "issues", "eval")
-FORMATS: tuple[ReviewFormat, ...] = ("labelme", "cvat")
+FORMATS: tuple[ReviewFormat, ...] = ("labelme", "cvat", "labelstudio")
 
 
 def items_of(review: Review) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from dataeng.engine.labels import EncodedLabel, ExportedLabel, add_human_label
 from tests.engine.learn.pseudolabel_helpers import add_teacher_run
 from tests.factories import add_label, make_workspace
 
-FORMATS = ["labelme", "cvat", "coco", "supervisely", "masks"]
+FORMATS = ["labelme", "cvat", "coco", "supervisely", "labelstudio", "masks"]
 
 
 def _active(ws, image_id: int) -> Label:

@@ -104,7 +104,7 @@ def test_human_label_supersedes_pseudo_and_older_human(workspace: Workspace, syn
         assert np.array_equal(read_mask(workspace.root / second.mask_path), mask)
 
 
-@pytest.mark.parametrize("fmt", ["labelme", "cvat", "coco", "supervisely", "masks"])
+@pytest.mark.parametrize("fmt", ["labelme", "cvat", "coco", "supervisely", "labelstudio", "masks"])
 def test_export_then_ingest_reproduces_masks_and_splits(
     workspace: Workspace, synth_dir: Path, tmp_path: Path, fmt: str
 ) -> None:
