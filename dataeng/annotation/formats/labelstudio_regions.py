@@ -31,6 +31,7 @@ import numpy as np
 
 from dataeng.annotation.formats.cvat_labels import _colour
 from dataeng.annotation.formats.export import HOLE_LABEL
+from dataeng.annotation.masks import ALPHA_MAX
 from dataeng.annotation.types import IGNORE_INDEX, IGNORE_LABEL, LabelMap, Ring, is_coordinate
 from dataeng.errors import AnnotationError, DataEngError
 
@@ -63,7 +64,7 @@ def brush_sdk() -> Any:
 
 def encode_brush(pixels: np.ndarray) -> list[int]:
     """A bool ``height x width`` region as Label Studio brush RLE (the SDK's ``mask2rle``)."""
-    alpha = np.where(np.asarray(pixels, dtype=bool), 255, 0).astype(np.uint8)
+    alpha = np.where(np.asarray(pixels, dtype=bool), ALPHA_MAX, 0).astype(np.uint8)
     return [int(v) for v in brush_sdk().mask2rle(alpha)]
 
 
