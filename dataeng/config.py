@@ -23,6 +23,7 @@ from dataeng.annotation.types import BACKGROUND_LABELS, IGNORE_LABEL
 from dataeng.errors import ConfigError
 
 CONFIG_FILE = "dataeng.toml"
+DEFAULT_REGISTRY_URL = "sqlite:///registry.db"
 
 RESERVED_LABELS = (IGNORE_LABEL, *BACKGROUND_LABELS)
 """Label names with a fixed meaning in every format: never a class or an alias."""
@@ -130,6 +131,11 @@ class PseudolabelConfig(_Section):
     tta: Literal["flip", "none"] = "flip"
     stability_delta: float = Field(default=0.1, gt=0, lt=0.5)
     batch_size: int = Field(default=8, ge=1)
+    claim_size: int = Field(default=256, ge=1, description=(
+        "images a worker claims from the shared queue at a time (see `dataeng pseudolabel` under torchrun)"))
+    lease_s: float = Field(default=120.0, gt=0, description=(
+        "a claimed chunk is free again this long after its worker's last heartbeat (a killed worker on "
+        "another machine); the heartbeat renews it every lease_s / 3"))
     accept: AcceptConfig = AcceptConfig()
 
 
@@ -148,12 +154,31 @@ class ReviewConfig(_Section):
         "the IoU a pre-fill keeps with its pre-label (outside its ignore pixels); it wins over the other limits"))
 
 
+class RegistryConfig(_Section):
+    """Where the registry lives: an SQLAlchemy URL (see :mod:`dataeng.db.url`)."""
+
+    url: str = Field(default=DEFAULT_REGISTRY_URL, description=(
+        "`sqlite:///registry.db` (relative paths are inside the workspace) or "
+        "`postgresql+psycopg://user@host[:port]/db`; the password comes from $PGPASSWORD or ~/.pgpass, never "
+        "from this file"))
+
+
+class StoreConfig(_Section):
+    """Where images, masks, alpha mattes and confidence maps are kept."""
+
+    root: str = Field(default="store", description=(
+        "a folder, relative to the workspace or absolute (a shared mount: NFS or similar); the registry keeps "
+        "paths relative to it, so machines that mount it at different places share one registry"))
+
+
 class Config(_Section):
     """The whole of ``dataeng.toml``."""
 
     classes: list[str] = ["person"]
     aliases: dict[str, str] = {}
-    db_url: str | None = None
+    db_url: str | None = Field(default=None, description="deprecated spelling of [registry] url")
+    registry: RegistryConfig = RegistryConfig()
+    store: StoreConfig = StoreConfig()
     split: SplitConfig = SplitConfig()
     ingest: IngestConfig = IngestConfig()
     train: TrainConfig = TrainConfig()
@@ -176,6 +201,17 @@ class Config(_Section):
             raise ValueError(f"{reserved[0]!r} is a reserved label name ({', '.join(RESERVED_LABELS)}: ignore and "
                              "background), not a class")
         return v
+
+    @property
+    def registry_url(self) -> str:
+        """The registry URL in force: ``[registry] url``, or the older top-level ``db_url``."""
+        return self.db_url if self.db_url is not None else self.registry.url
+
+    @model_validator(mode="after")
+    def _one_registry_url(self) -> Config:
+        if self.db_url is not None and self.registry.url != DEFAULT_REGISTRY_URL:
+            raise ValueError("db_url is the older spelling of [registry] url: set only [registry] url")
+        return self
 
     @model_validator(mode="after")
     def _aliases_target_classes(self) -> Config:

@@ -16,6 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+STORE_PREFIX = "store/"
+"""Every store path in the registry starts with this; it stands for ``[store] root``, wherever that is."""
+
+
+def in_store(store_root: Path, rel: str) -> Path:
+    """Where a registry path lies: ``store/...`` below ``store_root``, anything else unchanged (relative)."""
+    return store_root / rel[len(STORE_PREFIX):] if rel.startswith(STORE_PREFIX) else Path(rel)
+
 
 def _file_mode() -> int:
     mask = os.umask(0)

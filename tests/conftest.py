@@ -14,10 +14,15 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.pg import PG_PASSWORD, PgServer, pg_server
+
+__all__ = ["pg_server"]  # a session fixture from tests/pg.py, shared by every test module
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TORCH_THREADS = min(2, os.cpu_count() or 1)
@@ -204,9 +209,47 @@ def random_image(path: Path, size: tuple[int, int] = (48, 40), seed: int = 0, fm
     return path
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``backends`` (a module's ``pytestmark`` or one test) run once per registry backend,
+    when they use a workspace; the others keep the SQLite default."""
+    explicit = any("backend" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends") and not explicit:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def workspace(tmp_path: Path):
-    """A fresh workspace with the default config."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The registry backend of this test's workspace: ``sqlite`` unless the test is marked ``backends``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def registry_url(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """None for SQLite (the workspace's own registry.db); for PostgreSQL a fresh database on the session's
+    server, as a URL without the password, which comes from $PGPASSWORD (set for this test, so that
+    subprocesses find it too, as a deployment's commands would)."""
+    if backend == "sqlite":
+        return None
+    server: PgServer = request.getfixturevalue("pg_server")
+    monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
+    return server.url(server.new_database(), password=False)
+
+
+@pytest.fixture
+def make_workspace(tmp_path: Path, registry_url: str | None):
+    """Make a workspace on this test's backend: ``make_workspace(name="ws", config=None)``."""
     from dataeng.workspace import Workspace
 
-    return Workspace.init(tmp_path / "ws")
+    def make(name: str = "ws", config: Any = None):
+        return Workspace.init(tmp_path / name, config, registry=registry_url)
+
+    return make
+
+
+@pytest.fixture
+def workspace(make_workspace: Any):
+    """A fresh workspace with the default config, on this test's backend (SQLite unless marked ``backends``)."""
+    return make_workspace()

@@ -111,18 +111,19 @@ def add_label(session, ws: Workspace, image_id: int, mask: np.ndarray, *, origin
 
 def make_workspace(tmp_path: Path, n_train: int = 8, n_val: int = 2, n_test: int = 2, size: int = 64,
                    seed: int = 0, labelled: bool = True, with_alpha: bool = False, style: str = "blob",
-                   config: Config | None = None) -> tuple[Workspace, list[MadeImage]]:
+                   config: Config | None = None, registry: str | None = None) -> tuple[Workspace, list[MadeImage]]:
     """A workspace in ``tmp_path/ws`` holding ``n_train + n_val + n_test`` square images.
 
     Args:
         labelled: give every image an active human label (else images only).
         with_alpha: store the alpha matte with each label too.
         style: ``blob`` (fast, simple) or ``synth`` (engine/synth.py portraits).
+        registry: a registry URL (the ``registry_url`` fixture: PostgreSQL in tests marked ``backends``).
 
     Returns:
         (workspace, the images made, in order train, val, test).
     """
-    ws = Workspace.init(tmp_path / "ws", config)
+    ws = Workspace.init(tmp_path / "ws", config, registry=registry)
     made: list[MadeImage] = []
     plan = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     with ws.session() as session:

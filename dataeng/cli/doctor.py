@@ -32,6 +32,9 @@ def doctor(
 
 
 def _print_report(report: Any) -> None:
+    revision = (f"[green]{report.schema_revision}[/green]" if report.schema_current
+                else f"[red]{report.schema_revision}[/red] (this dataeng writes {report.schema_head})")
+    console.print(f"registry {report.registry}: connected, schema revision {revision}")
     console.print(f"checked {report.images_checked} images, {report.labels_checked} labels")
     for line in report.missing:
         console.print(f"[red]missing[/red] {line}")

@@ -45,22 +45,33 @@ def pseudolabel_command(
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Label the train images without a human label with the teacher; queue the uncertain ones."""
-    with cli_errors(json_out):
-        from dataeng.engine.learn.pseudolabel import pseudolabel
-        from dataeng.engine.learn.runs import RunRef
-        from dataeng.progress import rich_progress
+    """Label the train images without a human label with the teacher; queue the uncertain ones.
 
+    Any number may run at once against one registry (`torchrun --nproc-per-node G -m dataeng pseudolabel`:
+    one worker per rank, each on its own GPU): they claim chunks of the same candidates from the registry.
+    """
+    with cli_errors(json_out):
+        from contextlib import nullcontext
+
+        from dataeng.engine.learn.pseudolabel import Rank, pseudolabel
+        from dataeng.engine.learn.runs import RunRef
+        from dataeng.progress import NullProgress, rich_progress
+
+        rank = Rank.from_env()
         ws = open_workspace(workspace)
         config = _pseudolabel_config(ws.config.pseudolabel, pixel_threshold, value(tta), accept_confident_fraction,
                                      accept_mean_confidence, accept_stability, batch_size)
         shard_ = parse_shard(shard)
-        with closing(ws.new_session()) as session, rich_progress("img") as progress:
+        device_ = rank.device(value(device) or ws.config.train.device)
+        bar: Any = rich_progress("img") if rank.local_rank == 0 else nullcontext(NullProgress())
+        with closing(ws.new_session()) as session, bar as progress:
             result = pseudolabel(ws, session, RunRef.parse(teacher), config=config, shard=shard_, limit=limit,
-                                 device=value(device), num_workers=num_workers, progress=progress)
+                                 device=device_, num_workers=num_workers, progress=progress)
     if json_out:
-        print_json(_summary(result))
+        print_json({**_summary(result), "rank": rank.rank} if rank.world_size > 1 else _summary(result))
         return
+    if rank.world_size > 1:
+        console.print(f"rank {rank.rank}/{rank.world_size}: ", end="")
     console.print(f"pseudolabel run [bold]{result.run_id}[/bold] with teacher run {result.teacher_run_id} "
                   f"(round {result.round}): {result.candidates} images, [green]{result.accepted} accepted[/green], "
                   f"[yellow]{result.queued} queued for review[/yellow], {result.superseded} superseded, "

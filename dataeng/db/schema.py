@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     text,
 )
@@ -81,6 +82,10 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_images_split", "split"),)
+
+
+IMAGES_TABLE = cast(Table, Image.__table__)
+"""The ``images`` table, for Core statements (ingest's executemany, the near-duplicate lookup)."""
 
 
 class Run(Base):
@@ -275,3 +280,30 @@ class Round(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+ClaimState = Literal["todo", "claimed"]
+
+
+class Claim(Base):
+    """One train image waiting to be pseudo-labelled by one teacher, or being labelled by a worker.
+
+    The work queue that pseudolabel processes share (on one machine or many, see
+    ``dataeng.engine.learn.claims``): ``todo`` rows are free; a worker claims a chunk (``claimed``,
+    its ``run_id`` and ``worker``, a lease until ``expires_at`` that it renews while alive) and
+    deletes each row in the transaction that registers the image's pseudo-label. A claim whose
+    lease ran out (its worker was killed) is free again.
+    """
+
+    __tablename__ = "claims"
+
+    teacher_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(8), default="todo")
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True, default=None)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    """``host:pid`` of the process holding the claim."""
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+CLAIMS_TABLE = cast(Table, Claim.__table__)

@@ -3,6 +3,12 @@
 SQLite is opened in WAL mode with foreign keys on and a generous busy timeout, and
 every write transaction starts with ``BEGIN IMMEDIATE``: two dataeng processes on one
 workspace queue for the write lock instead of failing with "database is locked".
+
+PostgreSQL (psycopg 3) needs none of that: it locks rows, not the database, and its
+transactions start at the first statement (READ COMMITTED). Code that must not race
+another process takes row locks itself (``SELECT ... FOR UPDATE [SKIP LOCKED]``, see
+``dataeng.engine.learn.claims``), which SQLite ignores because its one writer already
+excludes everyone else.
 """
 
 from __future__ import annotations
@@ -13,17 +19,32 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dataeng.db.url import FIELD, backend_of, masked, parse_url
+from dataeng.errors import RegistryError
+
 BUSY_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 10
+"""How long a PostgreSQL connection attempt may take before the command says the server is unreachable."""
 
 
-def make_engine(db_url: str) -> Engine:
-    """Create an engine for a registry URL (``sqlite:///path`` or any SQLAlchemy URL)."""
-    if not db_url.startswith("sqlite"):
-        return create_engine(db_url, pool_pre_ping=True)
+def make_engine(db_url: str | URL) -> Engine:
+    """Create an engine for a registry URL (``sqlite:///path`` or ``postgresql+psycopg://user@host/db``).
+
+    Nothing connects yet; the first use does (see :func:`connection_error`).
+
+    Raises:
+        ConfigError: an unsupported or malformed URL.
+    """
+    url = db_url if isinstance(db_url, URL) else parse_url(db_url)
+    if backend_of(url) == "postgresql":
+        # No password in the URL: libpq reads $PGPASSWORD, then ~/.pgpass (or $PGPASSFILE).
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     engine = create_engine(
-        db_url,
+        url,
         connect_args={"timeout": BUSY_TIMEOUT_S, "isolation_level": None},
     )
 
@@ -47,6 +68,20 @@ def make_engine(db_url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def connection_error(url: URL, error: DBAPIError) -> RegistryError:
+    """A one-line error for a registry that cannot be reached or refuses us, naming the masked URL.
+
+    The driver's first line says why (unreachable host, wrong password, no such database); when the
+    server asked for a password and none was given, the message says where dataeng looks for one.
+    """
+    reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+    hint = ""
+    if "no password supplied" in reason or "password authentication failed" in reason:
+        hint = ("; the password comes from the URL, $PGPASSWORD or ~/.pgpass "
+                "(host:port:database:user:password, mode 0600)")
+    return RegistryError(f"cannot open the registry: {reason}{hint}", field=FIELD, value=masked(url))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

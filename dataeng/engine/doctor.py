@@ -1,5 +1,9 @@
 """Check that the registry and the store agree, and clean up after crashes.
 
+First the registry itself: the connection (the masked URL is shown) and the schema revision,
+which must be the one this dataeng writes (``dataeng`` migrates on open; a registry another
+machine migrated further is refused with a message when it is opened).
+
 Every row's files must exist (and images must still have their sha256); every file
 under ``store/`` must belong to a row. Files with no row are orphans, left by a crash
 between the file write and the row commit; ``fix=True`` removes them.
@@ -17,9 +21,11 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dataeng.db.migrate import head_revision
 from dataeng.db.schema import Batch, Image, Label, Round, Run, utcnow
 from dataeng.progress import NullProgress, Progress
 from dataeng.storage import file_sha256
@@ -30,6 +36,10 @@ from dataeng.workspace import Workspace
 class DoctorReport:
     """What ``dataeng doctor`` found (and removed, with ``fix``)."""
 
+    registry: str = ""
+    """The registry URL, password masked."""
+    schema_revision: str | None = None
+    schema_head: str | None = None
     images_checked: int = 0
     labels_checked: int = 0
     missing: list[str] = field(default_factory=list)
@@ -40,12 +50,19 @@ class DoctorReport:
     closed: list[str] = field(default_factory=list)
 
     @property
+    def schema_current(self) -> bool:
+        return self.schema_revision == self.schema_head
+
+    @property
     def healthy(self) -> bool:
-        return not (self.missing or self.corrupt or (set(self.orphans) - set(self.removed))
+        return self.schema_current and not (self.missing or self.corrupt or (set(self.orphans) - set(self.removed))
                     or (set(self.interrupted) - set(self.closed)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "registry": self.registry,
+            "schema_revision": self.schema_revision,
+            "schema_head": self.schema_head,
             "images_checked": self.images_checked,
             "labels_checked": self.labels_checked,
             "missing": self.missing,
@@ -74,13 +91,15 @@ def doctor(
         verify_hashes: re-hash every image file (slow on big stores, the default).
     """
     progress = progress or NullProgress()
-    report = DoctorReport()
+    # The connection answered (the session is open); the schema must be the one this dataeng writes.
+    report = DoctorReport(registry=workspace.db_url, schema_head=head_revision(),
+                          schema_revision=MigrationContext.configure(session.connection()).get_current_revision())
     referenced: set[str] = set()
     images = session.execute(select(Image.id, Image.sha256, Image.store_path)).all()
     progress.task("checking images", len(images))
     for image_id, sha, rel in images:
         referenced.add(rel)
-        path = workspace.root / rel
+        path = workspace.image_path(rel)
         report.images_checked += 1
         if not path.is_file():
             report.missing.append(f"image {image_id}: {rel}")
@@ -93,13 +112,13 @@ def doctor(
             if label_file is None:
                 continue
             referenced.add(label_file)
-            if not (workspace.root / label_file).is_file():
+            if not workspace.image_path(label_file).is_file():
                 report.missing.append(f"label {label_id}: {label_file}")
 
     store = workspace.store
     if store.is_dir():
         for path in sorted(p for p in store.rglob("*") if p.is_file()):
-            rel = path.relative_to(workspace.root).as_posix()
+            rel = workspace.store_rel(path)
             if rel not in referenced:
                 report.orphans.append(rel)
                 if fix:

@@ -96,9 +96,9 @@ def export_labels(
                 image_name=f"{image.split}/{stem}_{image.sha256[:8]}{ext}",
                 width=image.width,
                 height=image.height,
-                mask=read_mask(workspace.root / label.mask_path),
-                alpha=read_alpha(workspace.root / label.alpha_path) if label.alpha_path else None,
-                image_path=workspace.root / image.store_path,
+                mask=read_mask(workspace.image_path(label.mask_path)),
+                alpha=read_alpha(workspace.image_path(label.alpha_path)) if label.alpha_path else None,
+                image_path=workspace.image_path(image.store_path),
                 meta={
                     "label_id": label.id,
                     "origin": label.origin,

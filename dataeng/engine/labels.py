@@ -32,6 +32,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dataeng.db.locks import serialise
 from dataeng.db.schema import Image, Label, ProblemKind
 from dataeng.errors import RegistryError
 from dataeng.storage import atomic_write_bytes
@@ -87,6 +88,7 @@ def add_human_label(
         RegistryError: the image already has a different active human label and
             ``replace_human`` is False.
     """
+    serialise(session, "labels")
     current = active_label(session, image_id)
     if current is not None and current.origin == "human":
         if (current.meta or {}).get("mask_sha256") == encoded.mask_sha256:
@@ -118,10 +120,10 @@ def add_human_label(
     session.add(label)
     session.flush()
     label.mask_path = workspace.mask_rel(label.id, "masks")
-    atomic_write_bytes(workspace.root / label.mask_path, encoded.mask_png)
+    atomic_write_bytes(workspace.image_path(label.mask_path), encoded.mask_png)
     if encoded.alpha_png is not None:
         label.alpha_path = workspace.mask_rel(label.id, "alpha")
-        atomic_write_bytes(workspace.root / label.alpha_path, encoded.alpha_png)
+        atomic_write_bytes(workspace.image_path(label.alpha_path), encoded.alpha_png)
     return "added", label
 
 
@@ -184,6 +186,7 @@ def add_pseudo_labels(workspace: Workspace, session: Session, drafts: Sequence[P
     ids = [d.image_id for d in drafts]
     if not ids:
         return PseudoOutcome(0, 0, 0, [])
+    serialise(session, "labels")
     human = set(session.scalars(select(Label.image_id).where(
         Label.image_id.in_(ids), Label.origin == "human", Label.status.in_(LIVE_STATUSES))))
     held_out = set(session.scalars(select(Image.id).where(Image.id.in_(ids), Image.split != "train")))
@@ -206,7 +209,7 @@ def add_pseudo_labels(workspace: Workspace, session: Session, drafts: Sequence[P
         label.mask_path = workspace.mask_rel(label.id)
         label.conf_path = workspace.mask_rel(label.id, "conf")
         for staged, rel in ((d.staged_mask, label.mask_path), (d.staged_conf, label.conf_path)):
-            dest = workspace.root / rel
+            dest = workspace.image_path(rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, dest)
     for d in skipped:

@@ -17,7 +17,10 @@ from itertools import combinations
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
+
+from dataeng.db.schema import IMAGES_TABLE
 
 CHUNK_BITS = (22, 21, 21)
 _CHUNK_SHIFTS = (42, 21, 0)
@@ -84,12 +87,10 @@ def chunk_neighbourhoods(h: int, radius: int) -> list[list[int]]:
     return [[c ^ m for m in _flip_masks(bits, per_chunk)] for c, bits in zip(chunks(h), CHUNK_BITS, strict=True)]
 
 
-@lru_cache(maxsize=4)
-def _near_sql(sizes: tuple[int, ...]) -> str:
-    # The neighbourhood sizes are fixed for a radius, so the SQL text is too: sqlite3
-    # caches the prepared statement and SQLAlchemy compiles nothing per image.
-    wheres = [f"ph{i} IN ({', '.join('?' * n)})" for i, n in enumerate(sizes)]
-    return "SELECT id, phash, group_id FROM images WHERE " + " OR ".join(wheres)
+_IMAGES = IMAGES_TABLE.c
+_NEAR = select(_IMAGES.id, _IMAGES.phash, _IMAGES.group_id).where(or_(
+    *(_IMAGES[f"ph{i}"].in_(bindparam(f"ph{i}", expanding=True)) for i in range(len(CHUNK_BITS)))))
+"""One statement for every lookup: compiled once (SQLAlchemy caches it), the IN lists bound per image."""
 
 
 def find_near(session: Session, h: int, radius: int) -> list[tuple[int, int, int]]:
@@ -101,8 +102,7 @@ def find_near(session: Session, h: int, radius: int) -> list[tuple[int, int, int
     if radius < 0:
         return []
     neigh = chunk_neighbourhoods(h, radius)
-    params = tuple(v for values in neigh for v in values)
-    rows = session.connection().exec_driver_sql(_near_sql(tuple(len(v) for v in neigh)), params)
+    rows = session.execute(_NEAR, {f"ph{i}": values for i, values in enumerate(neigh)})
     found = []
     for image_id, stored, group_id in rows:
         d = hamming(h, to_unsigned(stored))

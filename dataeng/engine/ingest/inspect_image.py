@@ -21,7 +21,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from dataeng.db.schema import ProblemKind
 from dataeng.engine.ingest.dedup import phash
 from dataeng.errors import InputError
-from dataeng.storage import atomic_write_bytes, link_or_copy
+from dataeng.storage import atomic_write_bytes, in_store, link_or_copy
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 PIL_FORMATS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
@@ -60,12 +60,12 @@ class Refused:
 
 
 def store_relpath(sha256: str, ext: str) -> str:
-    """Workspace-relative store path of an image: ``store/images/ab/<sha256><ext>``."""
+    """Registry path of an image: ``store/images/ab/<sha256><ext>`` (``store/`` is ``[store] root``)."""
     return f"store/images/{sha256[:2]}/{sha256}{ext}"
 
 
-def inspect_image(path: str, root: str, link: str, max_pixels: int) -> Inspected | Refused:
-    """Validate ``path`` and put it in the store of workspace ``root``.
+def inspect_image(path: str, store_root: str, link: str, max_pixels: int) -> Inspected | Refused:
+    """Validate ``path`` and put it in the store at ``store_root`` (the workspace's ``[store] root``).
 
     Never raises for bad input: returns :class:`Refused` naming the file, the field and
     the value instead.
@@ -132,7 +132,7 @@ def inspect_image(path: str, root: str, link: str, max_pixels: int) -> Inspected
     h = phash(im)
     width, height = im.size
     rel = store_relpath(sha, ext)
-    dst = Path(root) / rel
+    dst = in_store(Path(store_root), rel)
     if rotated:
         if not dst.exists():
             atomic_write_bytes(dst, stored)

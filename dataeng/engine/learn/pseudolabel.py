@@ -7,15 +7,21 @@ Per image it scores the confident fraction, the mean confidence and the stabilit
 An image whose three scores pass ``accept`` becomes an ``active`` pseudo-label; the others
 become ``needs_review``, ranked by :func:`uncertainty` (most uncertain first).
 
-The engine (:func:`pseudolabel`) streams: DataLoader workers decode and resize, the main
+Workers: any number of :func:`pseudolabel` calls (processes, torchrun ranks, machines) share the
+candidates through the registry (:mod:`~dataeng.engine.learn.claims`): each claims a chunk of
+images, labels it, and claims the next. Under torchrun each rank is one worker on its own device
+(:class:`Rank`); no process group is needed, the registry is the only coordination.
+
+The engine (:func:`pseudolabel`) streams each claimed chunk: DataLoader workers decode and resize, the main
 thread runs the teacher (flip TTA averaged), one writer thread resizes the probabilities
 back, applies the kernel and writes the PNGs to a staging folder of the run; the main
 thread then registers each batch in one transaction (insert rows, move the staged files
 to their ``mask_rel(label_id)`` paths, supersede older pseudo-labels, commit).
 
 A kill loses at most the uncommitted batches (their staged files are rewritten by the
-next run); the next run skips every image that already has a label from this teacher,
-so nothing is done twice and nothing is duplicated.
+next run); their claims are taken again (at once on the same machine, after the lease
+elsewhere), and an image that has a label from this teacher is never queued again, so
+nothing is done twice and nothing is duplicated.
 
 Example::
 
@@ -29,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import deque
@@ -45,6 +52,7 @@ from dataeng.annotation.types import BACKGROUND, IGNORE_INDEX
 from dataeng.config import AcceptConfig, PseudolabelConfig
 from dataeng.db.schema import Image, Label, Problem, ProblemKind, Run
 from dataeng.engine.labels import LIVE_STATUSES, PseudoDraft, add_pseudo_labels
+from dataeng.engine.learn import claims
 from dataeng.engine.learn.data import eval_loader
 from dataeng.engine.learn.provenance import code_version
 from dataeng.engine.learn.runs import RunRef
@@ -64,6 +72,8 @@ COMMIT_EVERY = 64
 """Images registered per transaction: few enough to lose little on a kill, enough to amortise the commit."""
 
 _INFLIGHT = 3  # inference batches queued for the writer thread before the main thread waits
+PEER_POLL_S = 1.0
+"""How often a worker with nothing left to claim looks again while its peers still hold claims."""
 
 
 # ---------------------------------------------------------------- kernel (pure)
@@ -230,18 +240,26 @@ def pseudolabel(
 ) -> PseudolabelResult:
     """Run the teacher over the train images without a human label and register the results.
 
+    Any number of these may run at once on one registry (processes, torchrun ranks, machines):
+    they share the candidates through the registry's work queue (:mod:`~dataeng.engine.learn.claims`),
+    each claiming ``config.claim_size`` images at a time, so no image is labelled twice and none is
+    missed; a worker whose peers still hold claims waits for them to finish or for their leases to
+    run out (a killed peer), then takes over what is left.
+
     Args:
         workspace: the open workspace; session: committed per batch (the caller closes it).
         teacher: ``best`` (default), a train run, or a checkpoint file (see :func:`resolve_teacher`).
-        config: thresholds, TTA, batch size and accept rule (default: the workspace's ``[pseudolabel]``).
+        config: thresholds, TTA, batch size, accept rule, claim size and lease (default: the
+            workspace's ``[pseudolabel]``).
         round: recorded on each label (default: the teacher's round + 1).
-        shard: (i, n) to split the work across processes; limit: at most this many images.
+        shard: (i, n): only images whose id % n == i (a static split of the work; claiming needs none).
+        limit: at most this many images, by this worker.
         device, num_workers: default ``[train]`` device and workers.
         commit_every: images per transaction.
         progress: advanced once per inference batch, with accepted/queued counts.
 
     Returns:
-        The run's counts and throughput.
+        This worker's counts and throughput (``candidates``: the images it claimed).
 
     Raises:
         ModelError: no usable teacher (see :func:`resolve_teacher`).
@@ -256,9 +274,10 @@ def pseudolabel(
     resolved = resolve_teacher(workspace, session, teacher)
     torch_device = resolve_device(device or workspace.config.train.device)
     predictor = resolved.predictor(torch_device)  # a weights/architecture mismatch fails here
-    images = candidate_images(session, resolved.run_id, shard, limit)
-    session.commit()  # end the read transaction before the long job
-    if not images:
+    claims.enqueue(session, resolved.run_id, shard)
+    claims.free_dead_local(session, resolved.run_id)
+    left = claims.backlog(session, resolved.run_id, shard)
+    if left.empty:
         raise NothingToDoError(f"nothing to pseudo-label: every train image{'' if n == 1 else f' of shard {i}/{n}'} "
                                f"has a human label or a label from teacher run {resolved.run_id}")
     round = round if round is not None else (resolved.round or 0) + 1
@@ -266,36 +285,93 @@ def pseudolabel(
     row = Run(kind="pseudolabel", round=round, teacher_run_id=resolved.run_id, code_version=code_version(),
               device=str(torch_device),
               config={**config.model_dump(mode="json"), "teacher": resolved.run_id, "shard": [i, n],
-                      "limit": limit, "image_size": list(image_size), "candidates": len(images)})
-    samples = [Sample(image_path=workspace.image_path(im.store_path), image_id=im.id) for im in images]
+                      "limit": limit, "image_size": list(image_size), "queued": left.free + left.held,
+                      "worker": claims.worker_name()})
     workers = num_workers if num_workers is not None else workspace.config.train.num_workers
     counts = {"accepted": 0, "queued": 0, "superseded": 0, "problems": 0, "skipped": 0}
+    claimed = 0
     started = time.perf_counter()
-    with lifecycle(session, row) as run:
+    with lifecycle(session, row) as run, claims.Heartbeat(workspace.new_session, run.id, config.lease_s):
         staging = workspace.run_dir(run.id) / "staging"
         staging.mkdir(parents=True, exist_ok=True)
-        progress.task(f"pseudo-labelling (teacher run {resolved.run_id})", len(samples))
-        pending: list[_Done] = []
-        inflight: deque[Future[list[_Done]]] = deque()
+        progress.task(f"pseudo-labelling (teacher run {resolved.run_id})", left.free + left.held)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudolabel-writer") as writer:
-            for batch in eval_loader(samples, image_size, config.batch_size, min(workers, len(samples))):
-                probs = tta_probabilities(predictor, batch["input"].numpy(), config.tta)
-                inflight.append(writer.submit(_post_process, probs, batch["items"], samples, staging, config))
-                while inflight and (len(inflight) > _INFLIGHT or inflight[0].done()):
-                    pending += inflight.popleft().result()
-                if len(pending) >= commit_every:
-                    _register(workspace, session, pending, resolved.run_id, run.id, round, counts)
-                    pending = []
-                progress.advance(len(batch["items"]), accepted=counts["accepted"], queued=counts["queued"])
-            while inflight:
-                pending += inflight.popleft().result()
-        _register(workspace, session, pending, resolved.run_id, run.id, round, counts)
+            while limit is None or claimed < limit:
+                want = config.claim_size if limit is None else min(config.claim_size, limit - claimed)
+                ids = claims.claim(session, resolved.run_id, run.id, want, config.lease_s, shard)
+                if not ids:
+                    if not _wait_for_peers(session, resolved.run_id, shard, config.lease_s):
+                        break
+                    continue
+                claimed += len(ids)
+                stores = dict(session.execute(select(Image.id, Image.store_path)
+                                              .where(Image.id.in_(ids))).tuples().all())
+                session.commit()
+                samples = [Sample(image_path=workspace.image_path(stores[k]), image_id=k) for k in ids]
+                _label_chunk(workspace, session, samples, predictor, writer, staging, config, image_size,
+                             min(workers, len(samples)), commit_every, progress, resolved.run_id, run.id, round,
+                             counts)
         seconds = time.perf_counter() - started
-        rate = len(samples) / max(seconds, 1e-9)
-        run.metrics = {**counts, "candidates": len(samples), "seconds": seconds, "images_per_s": rate}
+        rate = claimed / max(seconds, 1e-9)
+        run.metrics = {**counts, "candidates": claimed, "seconds": seconds, "images_per_s": rate}
+        run.config = {**run.config, "candidates": claimed}
     shutil.rmtree(staging, ignore_errors=True)
-    return PseudolabelResult(run.id, resolved.run_id, round, len(samples), counts["accepted"], counts["queued"],
+    return PseudolabelResult(run.id, resolved.run_id, round, claimed, counts["accepted"], counts["queued"],
                              counts["superseded"], counts["problems"], counts["skipped"], seconds, rate)
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place under torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; 0, 1, 0 alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Rank:
+        env = os.environ
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+
+    def device(self, name: str) -> str:
+        """The device of this rank: under torchrun a CUDA device becomes ``cuda:<local rank>``, so the G
+        ranks of a machine use its G GPUs; CPU and MPS stay as they are."""
+        if self.world_size > 1 and name in ("auto", "cuda") and str(resolve_device(name)).startswith("cuda"):
+            return f"cuda:{self.local_rank}"
+        return name
+
+
+def _wait_for_peers(session: Session, teacher_run_id: int, shard: tuple[int, int], lease_s: float) -> bool:
+    """Nothing free to claim: wait while other workers hold claims (they may die). False when the queue
+    is empty (all done), True when something may be free again."""
+    claims.free_dead_local(session, teacher_run_id)
+    left = claims.backlog(session, teacher_run_id, shard)
+    if left.empty:
+        return False
+    if left.free == 0:
+        time.sleep(min(PEER_POLL_S, lease_s / 3, (left.next_expiry_s or 0.0) + 0.05))
+    return True
+
+
+def _label_chunk(workspace: Workspace, session: Session, samples: list[Sample], predictor: Any,
+                 writer: ThreadPoolExecutor, staging: Path, config: PseudolabelConfig, image_size: tuple[int, int],
+                 workers: int, commit_every: int, progress: Progress, teacher_run_id: int, run_id: int, round: int,
+                 counts: dict[str, int]) -> None:
+    """Decode, infer and write one claimed chunk, registering every ``commit_every`` images."""
+    pending: list[_Done] = []
+    inflight: deque[Future[list[_Done]]] = deque()
+    for batch in eval_loader(samples, image_size, config.batch_size, workers):
+        probs = tta_probabilities(predictor, batch["input"].numpy(), config.tta)
+        inflight.append(writer.submit(_post_process, probs, batch["items"], samples, staging, config))
+        while inflight and (len(inflight) > _INFLIGHT or inflight[0].done()):
+            pending += inflight.popleft().result()
+        if len(pending) >= commit_every:
+            _register(workspace, session, pending, teacher_run_id, run_id, round, counts)
+            pending = []
+        progress.advance(len(batch["items"]), accepted=counts["accepted"], queued=counts["queued"])
+    while inflight:
+        pending += inflight.popleft().result()
+    _register(workspace, session, pending, teacher_run_id, run_id, round, counts)
 
 
 def _post_process(probs: np.ndarray, items: list[dict[str, Any]], samples: list[Sample], staging: Path,
@@ -350,6 +426,7 @@ def _register(workspace: Workspace, session: Session, done: list[_Done], teacher
                                       {"pseudolabel_run_id": run_id,
                                        "uncertainty": uncertainty(s.confident_fraction, s.stability)}))
     outcome = add_pseudo_labels(workspace, session, drafts, teacher_run_id=teacher_run_id, round=round)
+    claims.release(session, teacher_run_id, [d.image_id for d in done])  # with the labels, or not at all
     session.commit()
     counts["accepted"] += outcome.accepted
     counts["queued"] += outcome.queued

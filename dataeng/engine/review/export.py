@@ -221,7 +221,7 @@ def _uncertain(workspace: Workspace, session: Session, limit: int, excluded: set
     for r in rows:
         cf, st = r["confident_fraction"], r["stability"]
         score = None if cf is None or st is None else uncertainty(cf, st)
-        planned.append(_Planned(images[r["image_id"]], r["label_id"], read_mask(workspace.root / r["mask_path"]),
+        planned.append(_Planned(images[r["image_id"]], r["label_id"], read_mask(workspace.image_path(r["mask_path"])),
                                 "label", score))
     by_teacher: dict[int, list[_Planned]] = {}
     for p in planned:
@@ -263,7 +263,8 @@ def _issues(workspace: Workspace, session: Session, limit: int, excluded: set[in
             continue
         image = session.get(Image, issue.image_id)
         assert image is not None  # the label's foreign key
-        planned.append(_Planned(image, label.id, read_mask(workspace.root / label.mask_path), "label", issue.score))
+        mask = read_mask(workspace.image_path(label.mask_path))
+        planned.append(_Planned(image, label.id, mask, "label", issue.score))
     return planned
 
 

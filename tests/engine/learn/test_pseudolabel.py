@@ -90,8 +90,9 @@ def _labels(ws, **where) -> list[Label]:
     return rows
 
 
-def test_accepts_confident_images_and_queues_the_rest_with_provenance(tmp_path: Path) -> None:
-    ws, _ = make_workspace(tmp_path, n_train=4, n_val=1, n_test=1, labelled=False)
+@pytest.mark.backends
+def test_accepts_confident_images_and_queues_the_rest_with_provenance(tmp_path: Path, registry_url: str | None) -> None:
+    ws, _ = make_workspace(tmp_path, n_train=4, n_val=1, n_test=1, labelled=False, registry=registry_url)
     unsure = add_teacher_run(ws, UNSURE, val_miou=0.4)
     with ws.session() as s:
         r1 = pseudolabel(ws, s, RunRef.parse(unsure), device="cpu", num_workers=0)
@@ -121,8 +122,9 @@ def test_accepts_confident_images_and_queues_the_rest_with_provenance(tmp_path: 
         assert not (ws.run_dir(run.id) / "staging").exists()
 
 
-def test_human_labels_and_val_test_are_never_touched(tmp_path: Path) -> None:
-    ws, made = make_workspace(tmp_path, n_train=4, n_val=2, n_test=2, labelled=False)
+@pytest.mark.backends
+def test_human_labels_and_val_test_are_never_touched(tmp_path: Path, registry_url: str | None) -> None:
+    ws, made = make_workspace(tmp_path, n_train=4, n_val=2, n_test=2, labelled=False, registry=registry_url)
     with ws.session() as s:
         human = add_label(s, ws, made[0].image_id, made[0].mask).id
         old = add_label(s, ws, made[1].image_id, made[1].mask, origin="pseudo", run_id=None)
@@ -142,8 +144,9 @@ def test_human_labels_and_val_test_are_never_touched(tmp_path: Path) -> None:
         pseudolabel(ws, s, device="cpu", num_workers=0)  # all done by this teacher: skipped
 
 
-def test_shard_and_limit_select_image_ids(tmp_path: Path) -> None:
-    ws, _ = make_workspace(tmp_path, n_train=6, n_val=0, n_test=0, labelled=False)
+@pytest.mark.backends
+def test_shard_and_limit_select_image_ids(tmp_path: Path, registry_url: str | None) -> None:
+    ws, _ = make_workspace(tmp_path, n_train=6, n_val=0, n_test=0, labelled=False, registry=registry_url)
     teacher = add_teacher_run(ws, CONFIDENT)
     with ws.session() as s:
         pseudolabel(ws, s, shard=(1, 2), device="cpu", num_workers=0)
@@ -152,8 +155,9 @@ def test_shard_and_limit_select_image_ids(tmp_path: Path) -> None:
         assert pseudolabel(ws, s, limit=2, device="cpu", num_workers=0).candidates == 2
 
 
-def test_missing_image_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
-    ws, made = make_workspace(tmp_path, n_train=3, n_val=0, n_test=0, labelled=False)
+@pytest.mark.backends
+def test_missing_image_is_recorded_and_the_run_goes_on(tmp_path: Path, registry_url: str | None) -> None:
+    ws, made = make_workspace(tmp_path, n_train=3, n_val=0, n_test=0, labelled=False, registry=registry_url)
     add_teacher_run(ws, CONFIDENT)
     with ws.session() as s:
         gone = s.get(Image, made[1].image_id)
@@ -240,8 +244,9 @@ _KILLER = textwrap.dedent(
 )
 
 
-def test_kill_9_then_rerun_resumes_without_redoing_or_duplicating(tmp_path: Path) -> None:
-    ws, _ = make_workspace(tmp_path, n_train=16, n_val=0, n_test=0, labelled=False)
+@pytest.mark.backends
+def test_kill_9_then_rerun_resumes_without_redoing_or_duplicating(tmp_path: Path, registry_url: str | None) -> None:
+    ws, _ = make_workspace(tmp_path, n_train=16, n_val=0, n_test=0, labelled=False, registry=registry_url)
     teacher = add_teacher_run(ws, CONFIDENT)
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(ws.root), "12"], capture_output=True, text=True,
                           timeout=120)
