@@ -23,8 +23,10 @@ def _invoke(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def ws_root(tmp_path: Path) -> Path:
-    code, out = _invoke("init", str(tmp_path / "ws"), "--classes", "person,hair")
+def ws_root(tmp_path: Path, registry_url: str | None) -> Path:
+    """A workspace made with ``dataeng init`` (on PostgreSQL too in tests marked ``backends``)."""
+    registry = ["--registry", registry_url] if registry_url else []
+    code, out = _invoke("init", str(tmp_path / "ws"), "--classes", "person,hair", *registry)
     assert code == 0, out
     return tmp_path / "ws"
 
@@ -50,6 +52,7 @@ def test_unknown_config_key_is_named(ws_root: Path) -> None:
     assert "ingest.workerz" in out and "unknown key" in out and "\n" not in out.strip()
 
 
+@pytest.mark.backends
 def test_ingest_and_status_json_agree_with_sql(ws_root: Path, tmp_path: Path) -> None:
     for i in range(25):
         random_image(tmp_path / "src" / f"{i}.png", seed=i)
@@ -78,6 +81,7 @@ def test_ingest_human_output_lists_counts_and_refusals(ws_root: Path, tmp_path: 
     assert "added" in out and "refused" in out and "b.jpg" in out and "empty" in out
 
 
+@pytest.mark.backends
 def test_doctor_finds_missing_files_and_removes_orphans(ws_root: Path, tmp_path: Path) -> None:
     for i in range(3):
         random_image(tmp_path / "src" / f"{i}.png", seed=i)
@@ -100,6 +104,7 @@ def test_doctor_finds_missing_files_and_removes_orphans(ws_root: Path, tmp_path:
     assert code == 1 and len(json.loads(out)["missing"]) == 1
 
 
+@pytest.mark.backends
 def test_doctor_closes_interrupted_runs_and_rounds(ws_root: Path) -> None:
     from dataeng.db.schema import Round, Run
     from dataeng.workspace import Workspace
@@ -200,6 +205,7 @@ def test_one_line_messages_even_for_file_names_with_a_newline() -> None:
     assert one_line("a\nb.jpg: not an image") == "a b.jpg: not an image"
 
 
+@pytest.mark.backends
 def test_status_lists_the_newest_problems(ws_root: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     random_image(src / "ok.png", seed=5)

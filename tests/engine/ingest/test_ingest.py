@@ -34,6 +34,7 @@ def _splits(ws: Workspace) -> dict[str, str]:
         return dict(s.execute(select(Image.sha256, Image.split)).all())
 
 
+@pytest.mark.backends
 def test_reingest_adds_nothing(workspace: Workspace, tmp_path: Path) -> None:
     src = _folder(tmp_path / "src", 30)
     with workspace.session() as s:
@@ -60,6 +61,7 @@ def test_split_does_not_depend_on_arrival_order(tmp_path: Path) -> None:
     assert set(_splits(a).values()) == {"train", "val", "test"}
 
 
+@pytest.mark.backends
 def test_adding_1000_images_never_moves_an_existing_one(workspace: Workspace, tmp_path: Path) -> None:
     with workspace.session() as s:
         ingest(workspace, s, [_folder(tmp_path / "old", 60)], workers=1)
@@ -85,6 +87,7 @@ def _near_copies(path: Path, base: Path, n: int) -> list[Path]:
     return out
 
 
+@pytest.mark.backends
 def test_near_duplicates_share_group_and_split(workspace: Workspace, tmp_path: Path) -> None:
     src = tmp_path / "src"
     base = random_image(src / "base.png", size=(96, 96), seed=7)
@@ -105,6 +108,7 @@ def test_near_duplicates_share_group_and_split(workspace: Workspace, tmp_path: P
     assert spans == []
 
 
+@pytest.mark.backends
 def test_near_duplicate_arriving_later_joins_the_existing_split(workspace: Workspace, tmp_path: Path) -> None:
     base = random_image(tmp_path / "a" / "base.png", size=(96, 96), seed=11)
     with workspace.session() as s:
@@ -136,6 +140,7 @@ def _bad_inputs(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.backends
 def test_bad_inputs_are_refused_and_recorded_while_the_batch_goes_on(workspace: Workspace, tmp_path: Path) -> None:
     src = tmp_path / "src"
     expected = _bad_inputs(src)
@@ -247,6 +252,7 @@ _KILLER = textwrap.dedent(
 )
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("stage", ["reading", "registering"])
 def test_kill_9_then_ingest_again_completes_consistently(workspace: Workspace, tmp_path: Path, stage: str) -> None:
     src = _folder(tmp_path / "src", 45)
@@ -268,6 +274,7 @@ def test_kill_9_then_ingest_again_completes_consistently(workspace: Workspace, t
     assert report.missing == [] and report.corrupt == [] and report.orphans == []
 
 
+@pytest.mark.backends
 def test_two_ingests_at_once_both_finish(workspace: Workspace, tmp_path: Path) -> None:
     a = _folder(tmp_path / "a", 120)
     b = _folder(tmp_path / "b", 120, start=60)  # 60 shared with a
@@ -296,6 +303,7 @@ def test_special_files_are_refused_before_they_are_opened(workspace: Workspace, 
     assert all("not a regular file" in p.message for p in problems.values())
 
 
+@pytest.mark.backends
 def test_a_strict_ingest_that_stops_leaves_its_batch_failed_and_doctor_reports_running_ones(
         workspace: Workspace, tmp_path: Path) -> None:
     from dataeng.errors import InputError

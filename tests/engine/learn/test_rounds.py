@@ -22,8 +22,9 @@ TINY_CONFIG = Config(train=TrainConfig(encoder="tu-mobilenetv3_small_050", image
                                        num_workers=0, device="cpu", warmup_epochs=0.0, lr=3e-3, epochs=1))
 
 
-def _half_labelled(tmp_path: Path, config: Config | None = None):
-    ws, made = make_workspace(tmp_path, n_train=8, n_val=2, n_test=1, labelled=False, config=config)
+def _half_labelled(tmp_path: Path, config: Config | None = None, registry: str | None = None):
+    ws, made = make_workspace(tmp_path, n_train=8, n_val=2, n_test=1, labelled=False, config=config,
+                              registry=registry)
     with ws.session() as s:
         for m in made:
             if m.split != "train" or m.image_id % 2:  # val/test and half of train
@@ -103,8 +104,10 @@ def test_round_zero_then_promotion_only_on_improvement(tmp_path: Path, monkeypat
     assert r4.student_run_id not in (r2.student_run_id, r1.student_run_id) and not r4.promoted
 
 
-def test_cli_round_trains_round_zero_and_a_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ws = _half_labelled(tmp_path, TINY_CONFIG)
+@pytest.mark.backends  # the one round run on PostgreSQL too: two tiny trainings each
+def test_cli_round_trains_round_zero_and_a_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   registry_url: str | None) -> None:
+    ws = _half_labelled(tmp_path, TINY_CONFIG, registry_url)
     monkeypatch.setattr(rounds_mod, "val_miou", lambda ws_, s, run_id, device=None: 0.5)  # a tie: no promotion
     result = CliRunner().invoke(app, ["round", "-w", str(ws.root), "--rounds", "1", "--epochs", "1", "--json"])
     assert result.exit_code == 0, result.output
@@ -116,10 +119,12 @@ def test_cli_round_trains_round_zero_and_a_student(tmp_path: Path, monkeypatch: 
     assert table.exit_code == 0 and "rounds" in table.output
 
 
-def test_a_promoted_student_reused_by_a_later_round_stays_the_teacher(tmp_path: Path) -> None:
+@pytest.mark.backends
+def test_a_promoted_student_reused_by_a_later_round_stays_the_teacher(tmp_path: Path, registry_url: str | None
+                                                                      ) -> None:
     from tests.engine.learn.pseudolabel_helpers import add_teacher_run
 
-    ws, _ = make_workspace(tmp_path, n_train=2, n_val=1, n_test=1, labelled=False)
+    ws, _ = make_workspace(tmp_path, n_train=2, n_val=1, n_test=1, labelled=False, registry=registry_url)
     supervised = add_teacher_run(ws, 2.0, val_miou=0.60)
     student = add_teacher_run(ws, 2.0, val_miou=0.55, round=1)  # its stored val is lower: promotion decides
     refused = add_teacher_run(ws, 2.0, val_miou=0.90, round=2)

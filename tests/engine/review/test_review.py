@@ -41,14 +41,15 @@ def pseudo_of(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def queue_workspace(tmp_path: Path, n_queued: int = 4) -> tuple[Workspace, list[MadeImage], list[int]]:
+def queue_workspace(tmp_path: Path, n_queued: int = 4, registry: str | None = None
+                    ) -> tuple[Workspace, list[MadeImage], list[int]]:
     """Train images 0..n_queued-1 with ``needs_review`` pseudo-labels (image 0 most uncertain), image
     n_queued with an accepted pseudo-label, n_queued+1 with a human label; 2 val and 2 test unlabelled.
 
     Returns:
         (workspace, images, pseudo-label ids in queue order).
     """
-    ws, made = make_workspace(tmp_path, n_train=n_queued + 2, n_val=2, n_test=2, labelled=False)
+    ws, made = make_workspace(tmp_path, n_train=n_queued + 2, n_val=2, n_test=2, labelled=False, registry=registry)
     ids = []
     with ws.session() as s:
         for i, m in enumerate(made[:n_queued]):
@@ -211,8 +212,10 @@ def test_export_refuses_a_non_empty_folder_and_bad_arguments(tmp_path: Path) -> 
 
 
 # ---------------------------------------------------------------- labelme import
-def test_edited_polygon_becomes_a_human_label_and_untouched_files_stay_queued(tmp_path: Path) -> None:
-    ws, made, ids = queue_workspace(tmp_path)
+@pytest.mark.backends
+def test_edited_polygon_becomes_a_human_label_and_untouched_files_stay_queued(tmp_path: Path,
+        registry_url: str | None) -> None:
+    ws, made, ids = queue_workspace(tmp_path, registry=registry_url)
     out = tmp_path / "review"
     done = run_export(ws, out, limit=3)
     items = manifest_items(out)
@@ -234,8 +237,10 @@ def test_edited_polygon_becomes_a_human_label_and_untouched_files_stay_queued(tm
     assert (review.imported, review.status) == (1, "open")
 
 
-def test_flag_ticked_without_changes_imports_the_pre_label_with_edit_iou_one(tmp_path: Path) -> None:
-    ws, made, ids = queue_workspace(tmp_path)
+@pytest.mark.backends
+def test_flag_ticked_without_changes_imports_the_pre_label_with_edit_iou_one(tmp_path: Path,
+        registry_url: str | None) -> None:
+    ws, made, ids = queue_workspace(tmp_path, registry=registry_url)
     out = tmp_path / "review"
     run_export(ws, out, limit=2)
     edit_labelme(out / manifest_items(out)[1]["file"], reviewed=True)
@@ -246,8 +251,9 @@ def test_flag_ticked_without_changes_imports_the_pre_label_with_edit_iou_one(tmp
     np.testing.assert_array_equal(read_mask(ws.root / new.mask_path), read_mask(ws.root / pre.mask_path))
 
 
-def test_importing_twice_adds_nothing(tmp_path: Path) -> None:
-    ws, _, _ = queue_workspace(tmp_path)
+@pytest.mark.backends
+def test_importing_twice_adds_nothing(tmp_path: Path, registry_url: str | None) -> None:
+    ws, _, _ = queue_workspace(tmp_path, registry=registry_url)
     out = tmp_path / "review"
     run_export(ws, out, limit=2)
     edit_labelme(out / manifest_items(out)[0]["file"], shapes=[box(5, 5, 40, 40)])
@@ -260,8 +266,10 @@ def test_importing_twice_adds_nothing(tmp_path: Path) -> None:
         assert len(s.scalars(select(Label)).all()) == n_labels
 
 
-def test_a_correction_for_an_image_labelled_since_the_export_is_refused(tmp_path: Path) -> None:
-    ws, made, _ = queue_workspace(tmp_path)
+@pytest.mark.backends
+def test_a_correction_for_an_image_labelled_since_the_export_is_refused(tmp_path: Path,
+        registry_url: str | None) -> None:
+    ws, made, _ = queue_workspace(tmp_path, registry=registry_url)
     out = tmp_path / "review"
     done = run_export(ws, out, limit=2)
     items = manifest_items(out)
@@ -282,8 +290,9 @@ def test_a_correction_for_an_image_labelled_since_the_export_is_refused(tmp_path
     assert [i["state"] for i in review.items] == ["refused", "imported"] and review.status == "closed"
 
 
-def test_bad_files_are_refused_and_recorded_while_the_rest_import(tmp_path: Path) -> None:
-    ws, made, _ = queue_workspace(tmp_path)
+@pytest.mark.backends
+def test_bad_files_are_refused_and_recorded_while_the_rest_import(tmp_path: Path, registry_url: str | None) -> None:
+    ws, made, _ = queue_workspace(tmp_path, registry=registry_url)
     out = tmp_path / "review"
     run_export(ws, out, limit=4)
     items = manifest_items(out)
@@ -323,11 +332,12 @@ def test_without_a_manifest_files_are_matched_by_the_image_sha256(tmp_path: Path
     assert new.parent_id == ids[2] and new.meta["review_id"] == done.review_id
 
 
-def test_a_crash_mid_import_leaves_a_consistent_registry_and_import_resumes(tmp_path: Path,
+@pytest.mark.backends
+def test_a_crash_mid_import_leaves_a_consistent_registry_and_import_resumes(tmp_path: Path, registry_url: str | None,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import dataeng.engine.labels as labels_module
 
-    ws, made, _ = queue_workspace(tmp_path)
+    ws, made, _ = queue_workspace(tmp_path, registry=registry_url)
     out = tmp_path / "review"
     done = run_export(ws, out, limit=3)
     for item in manifest_items(out):
