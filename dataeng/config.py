@@ -88,6 +88,11 @@ class TrainConfig(_Section):
         "what a one-class model learns from a pseudo-label: `hard` = the teacher's class, each pixel weighted by "
         "its confidence; `soft` = the teacher's probability itself (distillation, binary BCE and Dice on soft "
         "targets; pixels the pseudo-label dropped stay ignored)"))
+    warm_start: bool = Field(default=False, description=(
+        "a round's student starts from its teacher's weights when the teacher is a dataeng run of the same "
+        "arch, encoder, depth and classes (else from scratch, said in its log): each round adds to the "
+        "training already spent instead of starting over, which is what a compute-bound CPU budget needs; "
+        "off, every student starts afresh (Noisy Student), which suits long GPU budgets"))
     semi: Literal["none", "fixmatch", "unimatch"] = Field(default="none", description=(
         "online semi-supervised training on the train split's unlabelled images (no active label; pseudo-labels "
         "awaiting review count as unlabelled): each step the weak view's confident prediction supervises "

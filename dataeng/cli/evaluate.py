@@ -24,7 +24,9 @@ from dataeng.cli.tables import metrics_table
 
 @app.command("evaluate")
 def evaluate_command(
-    run: Annotated[int | None, typer.Argument(help="Train run to evaluate (default: newest finished).")] = None,
+    run: Annotated[str | None, typer.Argument(help="A run id, best, newest (the default: the newest finished train "
+                                                   "run), mediapipe or onnx:PATH (an external teacher, registered "
+                                                   "on first use).")] = None,
     split: Annotated[EvalSplit, typer.Option(help="Registry split to score.")] = EvalSplit.test,
     images: Annotated[Path | None, typer.Option(help="Folder of images outside the registry.")] = None,
     masks: Annotated[Path | None, typer.Option(help="Folder of masks matching --images by file stem.")] = None,

@@ -36,6 +36,9 @@ def round_command(
     semi: Annotated[Semi | None, typer.Option(help="Students (and a round-0 teacher) also learn online from the "
                                                    "unlabelled train images, including pseudo-labels sent to "
                                                    "review (default: train.semi).")] = None,
+    warm_start: Annotated[bool | None, typer.Option("--warm-start/--no-warm-start", help=(
+        "Start each student from its teacher's weights when the teacher is a dataeng run of the same model "
+        "(default: train.warm_start)."))] = None,
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -49,7 +52,7 @@ def round_command(
             raise DataEngError("must be >= 0", field="rounds", value=rounds)
         ws = open_workspace(workspace)
         overrides = {"epochs": epochs, "sample_budget": sample_budget, "device": value(device),
-                     "num_workers": num_workers, "semi": value(semi)}
+                     "num_workers": num_workers, "semi": value(semi), "warm_start": warm_start}
         with closing(ws.new_session()) as session, rich_progress("img") as progress:
             results = run_rounds(ws, session, rounds, overrides, teacher=RunRef.parse(teacher) if teacher else None,
                                  progress=progress)

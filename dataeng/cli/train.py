@@ -51,6 +51,9 @@ def train_command(
                            ] = None,
     semi: Annotated[Semi | None, typer.Option(help="Also learn from the train split's unlabelled images, online "
                                                    "(default: train.semi in dataeng.toml).")] = None,
+    init: Annotated[int | None, typer.Option("--init", help="Start from this finished train run's best checkpoint "
+                                                         "(same model): fine-tune it on the current labels.")
+                    ] = None,
     resume: Annotated[int | None, typer.Option(help="Continue this killed run from its last epoch.")] = None,
     workspace: WorkspaceOption = None,
     json_out: JsonOption = False,
@@ -65,7 +68,7 @@ def train_command(
             "image_size": image_size, "batch_size": batch_size,
             "lr": lr, "device": value(device), "encoder_weights": encoder_weights, "encoder_depth": encoder_depth,
             "num_workers": num_workers, "loss": value(loss), "seed": seed, "strong_augment": strong_augment or None,
-            "human_share": human_share, "semi": value(semi),
+            "human_share": human_share, "semi": value(semi), "init_run": init,
         }
         with closing(ws.new_session()) as session, _progress(enabled=not json_out) as progress:
             result = train(ws, session, overrides, resume=resume, progress=progress)

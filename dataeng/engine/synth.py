@@ -3,7 +3,7 @@
 Each sample is a person-like silhouette (head, neck, rounded shoulders, torso, optional
 arms and hands) with a soft, noise-perturbed hair edge, drawn with anti-aliased cv2
 polygons and composited as ``alpha * person + (1 - alpha) * background`` over a
-cluttered background (shapes, lines, textures, skin-coloured blobs), so the matte is
+cluttered background (shapes, lines, textures, a few skin-coloured blobs), so the matte is
 exact and the mask is ``alpha >= 0.5``. Every sample draws from its own generator
 ``default_rng([seed, index])``: the same seed gives the same bytes, and adding
 unlabelled images never changes the labelled ones.
@@ -36,6 +36,24 @@ EMPTY_PROBABILITY = 0.05
 
 JPEG_QUALITY = (70, 95)
 """Inclusive range of the JPEG quality drawn per image."""
+
+HEAD_SIZE = (0.16, 0.4)
+"""Range of the head's height as a share of the image height (portraits, not crowds)."""
+
+PROPS = (2, 10)
+"""Half-open range of the number of background props (rectangles, ellipses, lines, polygons, patches)."""
+
+SKIN_PROP_PROBABILITY = 0.12
+"""Share of background props painted in a skin tone."""
+
+BLUR_PROBABILITY = 0.5
+"""Share of backgrounds blurred, as a portrait lens's depth of field does."""
+
+CLOTHING_DISTANCE = 90.0
+"""Least RGB distance of the clothing's colour from the background's mean colour."""
+
+GARMENT_PATTERN_PROBABILITY = 0.25
+"""Share of garments with stripes or checks; the rest are plain, shaded or softly mottled cloth."""
 
 _SHIFT = 4  # cv2 sub-pixel bits: polygons keep 1/16 px precision, so edges antialias smoothly
 _AA = cv2.LINE_AA
@@ -195,7 +213,8 @@ def render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarra
         alpha = np.zeros((height, width), dtype=np.float32)
         composite = background
     else:
-        person, alpha = _person(rng, height, width)
+        backdrop = background.reshape(-1, 3).mean(axis=0).astype(np.float32)
+        person, alpha = _person(rng, height, width, backdrop)
         # Quantise before compositing: the PNG matte then describes the image exactly.
         alpha = (np.rint(alpha * ALPHA_MAX) / np.float32(ALPHA_MAX)).astype(np.float32)
         # blendLinear: alpha * person + (1 - alpha) * background in one rounded uint8 pass.
@@ -230,10 +249,34 @@ def _skin(rng: np.random.Generator) -> np.ndarray:
     return np.clip(tone, 0.0, float(ALPHA_MAX)).astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, height: int, width: int, colour: np.ndarray) -> np.ndarray:
-    """A uint8 RGB patch: solid, gradient, stripes, checks or blotchy noise between two colours."""
-    second = _colour(rng) if rng.random() < 0.5 else np.clip(colour + rng.normal(0, 50, 3), 0, ALPHA_MAX)
-    kind = int(rng.integers(5))
+def _distinct_colour(rng: np.random.Generator, avoid: np.ndarray, distance: float = CLOTHING_DISTANCE) -> np.ndarray:
+    """A random colour at least ``distance`` (RGB Euclidean) from ``avoid``: the first of eight draws that
+    is, else the farthest of them."""
+    best, best_d = avoid, -1.0
+    for _ in range(8):
+        candidate = _colour(rng)
+        d = float(np.linalg.norm(candidate - avoid))
+        if d > best_d:
+            best, best_d = candidate, d
+        if d >= distance:
+            break
+    return best
+
+
+def _texture(rng: np.random.Generator, height: int, width: int, colour: np.ndarray,
+             garment: bool = False) -> np.ndarray:
+    """A uint8 RGB patch: solid, gradient, stripes, checks or blotchy noise between two colours.
+
+    A ``garment`` is mostly plain cloth: solid, a shading gradient or soft blotches between two close
+    colours; a stripe or check pattern (with any second colour) one time in four.
+    """
+    if garment:
+        patterned = rng.random() < GARMENT_PATTERN_PROBABILITY
+        kind = int(rng.choice([2, 3])) if patterned else int(rng.choice([0, 1, 4]))
+        second = _colour(rng) if patterned else np.clip(colour + rng.normal(0, 25, 3), 0, ALPHA_MAX)
+    else:
+        second = _colour(rng) if rng.random() < 0.5 else np.clip(colour + rng.normal(0, 50, 3), 0, ALPHA_MAX)
+        kind = int(rng.integers(5))
     theta = rng.uniform(0.0, math.pi)
     period = rng.uniform(3.0, 24.0)
     ys = np.arange(height, dtype=np.float32)[:, None]
@@ -264,9 +307,9 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     """Uint8 RGB clutter: a textured base, then rectangles, ellipses, lines, polygons, patches."""
     canvas = _texture(rng, height, width, _colour(rng))
     scale = min(height, width)
-    for _ in range(int(rng.integers(3, 13))):
-        # Skin tones in the background: colour alone must not identify the person.
-        colour = _skin(rng) if rng.random() < 0.3 else _colour(rng)
+    for _ in range(int(rng.integers(*PROPS))):
+        # Some skin tones in the background: colour alone must not identify the person.
+        colour = _skin(rng) if rng.random() < SKIN_PROP_PROBABILITY else _colour(rng)
         kind = int(rng.integers(5))
         x0, x1 = sorted(rng.integers(-width // 4, width + width // 4, size=2).tolist())
         y0, y1 = sorted(rng.integers(-height // 4, height + height // 4, size=2).tolist())
@@ -288,7 +331,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
             if cx1 > cx0 and cy1 > cy0:
                 patch = _texture(rng, cy1 - cy0, cx1 - cx0, colour)
                 canvas[cy0:cy1, cx0:cx1] = patch
-    if rng.random() < 0.35:  # depth of field: a blurred background, as in real portraits
+    if rng.random() < BLUR_PROBABILITY:  # depth of field: a blurred background, as in real portraits
         canvas = cv2.GaussianBlur(canvas, (0, 0), rng.uniform(0.8, 2.5))
     return canvas
 
@@ -313,13 +356,16 @@ def _wobble(rng: np.random.Generator, pts: np.ndarray, amplitude: float) -> np.n
     return centre + (pts - centre) * (1.0 + lobes + strands)[:, None]
 
 
-def _person(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _person(rng: np.random.Generator, height: int, width: int,
+            backdrop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The person's uint8 RGB (defined everywhere) and its float32 alpha in [0, 1].
 
     Shapes are built in a head-height = 1 frame with the head centre at the origin,
     then rotated, scaled and placed; the torso runs far below so it leaves the frame.
+    The clothing's colour keeps its distance from ``backdrop`` (the background's mean
+    colour), as a photographer's subject stands out from the scene.
     """
-    unit = min(rng.uniform(0.1, 0.38) * height, 0.45 * width)
+    unit = min(rng.uniform(*HEAD_SIZE) * height, 0.45 * width)
     if rng.random() < 0.12:  # cropped: the head touches or leaves the image border
         cx, cy = rng.uniform(-0.05, 1.05) * width, rng.uniform(-0.2, 0.5) * unit
     else:
@@ -389,7 +435,7 @@ def _person(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarr
         hair_soft = np.clip(blur + 3.0 * noise * blur * (1.0 - blur), 0.0, 1.0)
 
     # Layers are blended with cv2.blendLinear on uint8: one pass each instead of float RGB math.
-    person = _texture(rng, height, width, _colour(rng))
+    person = _texture(rng, height, width, _distinct_colour(rng, backdrop), garment=True)
     shade = np.linspace(0.85, 1.15, height, dtype=np.float32)[:, None, None]
     shade = shade if rng.random() < 0.5 else shade[::-1]  # light from above or below
     skin_rgb = np.clip(_skin(rng) * shade, 0, ALPHA_MAX).astype(np.uint8)

@@ -14,6 +14,9 @@ class TrainOptions(TrainConfig):
     """``[train]`` of dataeng.toml plus per-call options that are not workspace defaults."""
 
     augment: bool = Field(default=True, description="geometric and colour augmentation of train images")
+    init_run: int | None = Field(default=None, ge=1, description=(
+        "start from this finished train run's best checkpoint (same arch, encoder, depth and classes) "
+        "instead of fresh weights: fine-tuning, and a warm-started round's student"))
     sample_budget: int | None = Field(default=None, ge=1, description=(
         "train for ceil(sample_budget / train images) epochs instead of `epochs`: the same number of images "
         "seen whatever the train set's size (used to compare runs on growing label sets fairly)"))

@@ -5,8 +5,10 @@ labels. Each round r >= 1 then:
 
 1. pseudo-labels the train images without a human label with the current teacher
    (:func:`dataeng.engine.learn.pseudolabel.pseudolabel`, round r);
-2. trains a student from scratch on human + accepted pseudo-labels, with strong
-   augmentation (pseudo pixels weighted by the teacher's confidence, see engine/data.py);
+2. trains a student on human + accepted pseudo-labels, with strong augmentation (pseudo
+   pixels weighted by the teacher's confidence, see engine/data.py), from scratch, or
+   under ``train.warm_start`` from its teacher's weights when the teacher is a dataeng
+   run of the same model (:func:`warm_start`);
 3. scores teacher and student on the current val set (human labels) and promotes the
    student to teacher only when its val mIoU is strictly higher.
 
@@ -180,6 +182,9 @@ def _one_round(workspace: Workspace, session: Session, teacher: RunRef | None, o
         row.accepted, row.queued, row.superseded = counts["accepted"], counts["queued"], counts["superseded"]
         session.commit()
         student_options = {**overrides, "strong_augment": True}
+        warm = warm_start(workspace, session, teacher_run_id, overrides)
+        if warm.run_id is not None:
+            student_options["init_run"] = warm.run_id
         same = identical_student(workspace, session, student_options)
         if same is not None:
             return _reuse(row, same, teacher_run_id, pseudo_run_id, counts)
@@ -193,13 +198,47 @@ def _one_round(workspace: Workspace, session: Session, teacher: RunRef | None, o
         promoted = teacher_miou is not None and student_miou is not None and student_miou > teacher_miou
         row.promoted = promoted
         row.metrics = {"teacher_val_miou": teacher_miou, "student_val_miou": student_miou,
-                       "student_test": student.test, "student_train_images": student.train_images}
+                       "student_test": student.test, "student_train_images": student.train_images,
+                       **({"warm_start": warm.note} if warm.note else {})}
     return RoundResult(row.id, number, teacher_run_id, pseudo_run_id, student.run_id, promoted,
                        counts["accepted"], counts["queued"], counts["superseded"], teacher_miou, student_miou,
                        student.test)
 
 
 _RUNTIME_OPTIONS = ("device", "num_workers")  # where a run trained, not what it learned
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a round's student starts: ``run_id`` (its teacher's weights) or None (fresh), and why."""
+
+    run_id: int | None
+    note: str | None
+
+
+def warm_start(workspace: Workspace, session: Session, teacher_run_id: int,
+               overrides: dict[str, Any]) -> WarmStart:
+    """The teacher to start the student from under ``train.warm_start``, when its model is the student's.
+
+    A teacher dataeng did not train (MediaPipe, ONNX), or one of another arch, encoder or depth,
+    gives no weights to start from: the student starts fresh and the note says why.
+    """
+    options = resolve_options(workspace.config.train, overrides)
+    if not options.warm_start:
+        return WarmStart(None, None)
+    teacher = session.get(Run, teacher_run_id)
+    if teacher is None or teacher.kind != "train" or teacher.status != "finished" or not teacher.checkpoint_path:
+        return WarmStart(None, f"teacher run {teacher_run_id} is not a finished dataeng train run: "
+                               "the student starts from scratch")
+    config = teacher.config or {}
+    have = {k: config.get(k) for k in ("arch", "encoder", "encoder_depth", "classes")}
+    want = {"arch": options.arch, "encoder": options.encoder, "encoder_depth": options.encoder_depth,
+            "classes": list(workspace.config.classes)}
+    if have != want:
+        differ = ", ".join(f"{k} {have[k]!r} vs {want[k]!r}" for k in want if have[k] != want[k])
+        return WarmStart(None, f"teacher run {teacher_run_id} is another model ({differ}): the student starts "
+                               "from scratch")
+    return WarmStart(teacher_run_id, None)
 
 
 def identical_student(workspace: Workspace, session: Session, overrides: dict[str, Any]) -> Run | None:

@@ -45,7 +45,7 @@ from dataeng.engine.learn.provenance import code_version, dataset_fingerprint
 from dataeng.engine.learn.samples import Sample, registry_samples, unlabelled_samples
 from dataeng.engine.lifecycle import lifecycle
 from dataeng.errors import DataEngError, ModelError
-from dataeng.models.checkpoint import check_compatible, load_checkpoint, load_weights, save_checkpoint
+from dataeng.models.checkpoint import Checkpoint, check_compatible, load_checkpoint, load_weights, save_checkpoint
 from dataeng.models.factory import check_names
 from dataeng.models.inference import TorchPredictor
 from dataeng.progress import NullProgress, Progress
@@ -144,13 +144,34 @@ def train(
         raise DataEngError(f"the train labels changed since run {resume_run.id} started; start a new run instead "
                            f"of resuming", field="dataset_fingerprint", value=fingerprint[:12])
 
+    init = (init_checkpoint(workspace, session, options, classes)
+            if options.init_run is not None and resume_run is None else None)
     dist, device = loop.init_distributed(options.device)
     try:
         job = _Job(workspace, session, options, classes, splits, fingerprint, dist, device,
-                   progress if dist.is_main and progress is not None else NullProgress(), unlabelled)
+                   progress if dist.is_main and progress is not None else NullProgress(), unlabelled, init)
         return job.run(resume_run, round, teacher_run_id)
     finally:
         loop.shutdown_distributed(dist)
+
+
+def init_checkpoint(workspace: Workspace, session: Session, options: TrainOptions, classes: list[str]) -> Checkpoint:
+    """The best checkpoint of ``options.init_run``, checked against the model these options build.
+
+    Raises:
+        ModelError: no finished train run with that id, or one of another arch, encoder, depth or classes.
+    """
+    run = session.get(Run, options.init_run)
+    if run is None or run.kind != "train" or run.status != "finished" or not run.checkpoint_path:
+        raise ModelError("no finished train run with this id to start from", field="init_run",
+                         value=options.init_run)
+    ckpt = load_checkpoint(workspace.root / run.checkpoint_path)
+    check_compatible(ckpt, options.arch, options.encoder, classes)
+    depth = int(ckpt.meta.get("encoder_depth", 5))
+    if depth != options.encoder_depth:
+        raise ModelError(f"checkpoint was trained with encoder_depth={depth}, this run needs {options.encoder_depth}",
+                         path=ckpt.path, field="encoder_depth", value=depth)
+    return ckpt
 
 
 def _resume_run(session: Session, run_id: int) -> Run:
@@ -176,6 +197,7 @@ class _Job:
     device: torch.device
     progress: Progress
     unlabelled: list[Sample]
+    init: Checkpoint | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_miou: float = -1.0
@@ -191,6 +213,8 @@ class _Job:
         self.training = loop.prepare(options, self.classes, self.splits["train"], self.device,
                                      distributed=dist.world_size > 1, unlabelled=self.unlabelled)
         self.training.world_size = dist.world_size
+        if self.init is not None:
+            load_weights(self.training.module, self.init)  # every rank: DDP starts from the same weights
         run = resume_run or Run(kind="train", round=round, teacher_run_id=teacher_run_id, code_version=code_version(),
                                 dataset_fingerprint=self.fingerprint,
                                 config={**options.model_dump(mode="json"), "classes": self.classes,
@@ -248,6 +272,7 @@ class _Job:
         _log(self.run_dir, f"{'resume' if resumed else 'start'} run {self.run_row.id} at epoch {start_epoch} on "
                            f"{self.device} x{self.dist.world_size}; {len(self.splits['train'])} train, "
                            f"{len(self.splits['val'])} val, {len(self.splits['test'])} test images"
+                           + (f"; from the weights of run {self.options.init_run}" if self.options.init_run else "")
                            + self._semi_note())
 
     def _semi_note(self) -> str:

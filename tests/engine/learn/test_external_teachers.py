@@ -172,3 +172,20 @@ def test_cli_round_from_an_onnx_teacher_without_val_labels_says_nothing_can_be_p
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)
     assert row["round"] == 2 and row["teacher_run_id"] == _runs(ws, "teacher")[0].id
+
+
+def test_the_evaluate_command_takes_an_external_teacher_by_name(tmp_path: Path) -> None:
+    ws, _ = make_workspace(tmp_path, n_train=1, n_val=1, n_test=2)
+    model = brightness_model(tmp_path / "bright.onnx", sidecar=CONTRACT)
+    out = CliRunner().invoke(app, ["evaluate", f"onnx:{model}", "--split", "test", "-w", str(ws.root), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    [teacher] = _runs(ws, "teacher")
+    assert data["model_run_id"] == teacher.id and data["metrics"]["images"] == 2
+    with ws.session() as s:
+        assert s.get(Run, teacher.id).metrics["test"]["iou"] == pytest.approx(data["metrics"]["iou"])
+    # By its run id afterwards, like a trained run; an unknown name is one error line.
+    again = CliRunner().invoke(app, ["evaluate", str(teacher.id), "--split", "test", "-w", str(ws.root), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["model_run_id"] == teacher.id
+    bad = CliRunner().invoke(app, ["evaluate", "no-such-model.pt", "-w", str(ws.root)])
+    assert bad.exit_code == 1 and "no-such-model.pt" in bad.output

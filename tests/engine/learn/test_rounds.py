@@ -142,3 +142,54 @@ def test_a_promoted_student_reused_by_a_later_round_stays_the_teacher(tmp_path: 
         best = best_run(s)
         # Not the refused student (best stored val), nor the supervised run its student beat on one val set.
         assert best is not None and best.id == student
+
+
+def test_a_warm_started_student_begins_from_its_teachers_weights(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from dataeng.engine.learn import loop
+    from dataeng.models.checkpoint import load_checkpoint
+
+    ws = _half_labelled(tmp_path, Config(pseudolabel=PseudolabelConfig(accept=AcceptConfig(
+        min_confident_fraction=0, min_mean_confidence=0, min_stability=0))))
+    monkeypatch.setattr(rounds_mod, "val_miou", lambda ws_, s, run_id, device=None: 0.5)
+    seen: list[dict[str, torch.Tensor]] = []
+    real_fit = loop.fit
+
+    def fit_spy(training, *args, **kwargs):  # the weights a run starts from, before its first step
+        seen.append({k: v.detach().clone() for k, v in training.module.state_dict().items()})
+        return real_fit(training, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", fit_spy)
+    overrides = {**TINY_TRAIN, "epochs": 1, "warm_start": True}
+    with ws.session() as s:
+        r0, r1 = run_rounds(ws, s, rounds=1, overrides=overrides)
+    with ws.session() as s:
+        teacher, student = s.get(Run, r0.student_run_id), s.get(Run, r1.student_run_id)
+        assert student.config["init_run"] == teacher.id and teacher.config["init_run"] is None
+    taught = load_checkpoint(ws.root / teacher.checkpoint_path).model
+    assert all(torch.equal(seen[1][k], taught[k]) for k in taught)  # the student began as the teacher
+    assert not all(torch.equal(seen[0][k], taught[k]) for k in taught)  # the teacher began fresh
+    assert "from the weights of run" in (ws.run_dir(student.id) / "log").read_text()
+
+    # Off (the default), or a teacher of another model: fresh weights, and the round says why.
+    with ws.session() as s:
+        assert rounds_mod.warm_start(ws, s, teacher.id, {**TINY_TRAIN}).run_id is None
+        other = rounds_mod.warm_start(ws, s, teacher.id, {**overrides, "encoder_depth": 4})
+        assert other.run_id is None and "encoder_depth 3 vs 4" in (other.note or "")
+
+
+def test_train_init_refuses_a_run_of_another_model(tmp_path: Path) -> None:
+    from dataeng.engine.learn.train import train
+    from dataeng.errors import ModelError
+
+    ws = _half_labelled(tmp_path)
+    with ws.session() as s:
+        first = train(ws, s, {**TINY_TRAIN, "epochs": 1})
+    with ws.session() as s, pytest.raises(ModelError, match="encoder_depth=3, this run needs 4"):
+        train(ws, s, {**TINY_TRAIN, "epochs": 1, "encoder_depth": 4, "init_run": first.run_id})
+    with ws.session() as s, pytest.raises(ModelError, match="no finished train run"):
+        train(ws, s, {**TINY_TRAIN, "epochs": 1, "init_run": first.run_id + 100})
+    with ws.session() as s:
+        assert s.query(Run).filter(Run.kind == "train").count() == 1  # a refused start registers nothing
