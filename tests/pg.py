@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,9 @@ def _runner() -> tuple[list[str], int | None, int | None]:
         return [], None, None
     try:
         user = pwd.getpwnam(RUN_AS)
-    except KeyError:
-        _unavailable(f"the tests run as root and there is no {RUN_AS!r} user to run PostgreSQL as "
-                     "(apt-get install postgresql creates it)")
+    except KeyError as e:
+        raise PgUnavailable(f"running as root and there is no {RUN_AS!r} user to run PostgreSQL as "
+                            "(apt-get install postgresql creates it)") from e
     return ["runuser", "-u", RUN_AS, "--"], user.pw_uid, user.pw_gid
 
 
@@ -99,13 +100,24 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL server not available: {reason}")
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """A PostgreSQL server for the whole test session, stopped (and its folder removed) at the end."""
+class PgUnavailable(RuntimeError):
+    """No PostgreSQL binaries (or no user to run them as): the reason, for a skip or a failure."""
+
+
+@contextmanager
+def throwaway_server(extra: str = "") -> Iterator[PgServer]:
+    """Start a PostgreSQL server on a free port in a temporary folder; stop it and remove the folder after.
+
+    Args:
+        extra: more ``postgres`` options (``-c name=value ...``).
+
+    Raises:
+        PgUnavailable: no binaries, or root without a ``postgres`` user.
+        RuntimeError: the server did not start (with its log).
+    """
     bin_dir = find_pg_bin()
     if bin_dir is None:
-        _unavailable("initdb/pg_ctl not found on $PATH or in /usr/lib/postgresql/*/bin")
-    assert bin_dir is not None
+        raise PgUnavailable("initdb/pg_ctl not found on $PATH or in /usr/lib/postgresql/*/bin")
     prefix, uid, gid = _runner()
     base = Path(tempfile.mkdtemp(prefix="dataeng-pg-"))  # not under pytest's 0700 tmp: the server user reads it
     data, pwfile, log = base / "data", base / "pw", base / "server.log"
@@ -124,18 +136,31 @@ def pg_server() -> Iterator[PgServer]:
         # fsync off: a crash of this throwaway server loses nothing anyone needs; the tests run faster.
         tool(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
              f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-             "-c max_connections=200", "start")
+             f"-c max_connections=200 {extra}", "start")
     except subprocess.CalledProcessError as e:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"PostgreSQL did not start: {' '.join(e.cmd)}: {e.stderr.strip()}\n{tail}")
-    server = PgServer("127.0.0.1", port, PG_USER, PG_PASSWORD, data)
+        raise RuntimeError(f"PostgreSQL did not start: {' '.join(e.cmd)}: {e.stderr.strip()}\n{tail}") from e
     try:
-        _make_template(server)
-        yield server
+        yield PgServer("127.0.0.1", port, PG_USER, PG_PASSWORD, data)
     finally:
         tool(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the whole test session, stopped (and its folder removed) at the end."""
+    try:
+        with throwaway_server() as server:
+            _make_template(server)
+            yield server
+    except PgUnavailable as e:
+        _unavailable(str(e))
+    except RuntimeError as e:
+        if "did not start" not in str(e):
+            raise
+        pytest.fail(str(e))
 
 
 def _make_template(server: PgServer) -> None:

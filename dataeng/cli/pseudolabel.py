@@ -40,6 +40,9 @@ def pseudolabel_command(
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     shard: Annotated[str | None, typer.Option(help="i/n: only images whose id % n == i.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many images.")] = None,
+    claim_size: Annotated[int | None, typer.Option(
+        help="Images claimed from the shared queue at a time (default 256; smaller spreads a small set "
+             "over more workers).")] = None,
     device: DeviceOption = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader decode workers.")] = None,
     workspace: WorkspaceOption = None,
@@ -51,22 +54,31 @@ def pseudolabel_command(
     one worker per rank, each on its own GPU): they claim chunks of the same candidates from the registry.
     """
     with cli_errors(json_out):
-        from contextlib import nullcontext
-
         from dataeng.engine.learn.pseudolabel import Rank, pseudolabel
         from dataeng.engine.learn.runs import RunRef
-        from dataeng.progress import NullProgress, rich_progress
 
         rank = Rank.from_env()
         ws = open_workspace(workspace)
         config = _pseudolabel_config(ws.config.pseudolabel, pixel_threshold, value(tta), accept_confident_fraction,
-                                     accept_mean_confidence, accept_stability, batch_size)
+                                     accept_mean_confidence, accept_stability, batch_size, claim_size)
         shard_ = parse_shard(shard)
         device_ = rank.device(value(device) or ws.config.train.device)
-        bar: Any = rich_progress("img") if rank.local_rank == 0 else nullcontext(NullProgress())
-        with closing(ws.new_session()) as session, bar as progress:
+        with closing(ws.new_session()) as session, _progress(rank.local_rank == 0) as progress:
             result = pseudolabel(ws, session, RunRef.parse(teacher), config=config, shard=shard_, limit=limit,
                                  device=device_, num_workers=num_workers, progress=progress)
+    _print_result(result, rank, json_out)
+
+
+def _progress(enabled: bool) -> Any:
+    """A progress bar on the first rank of each machine (torchrun), else nothing."""
+    from contextlib import nullcontext
+
+    from dataeng.progress import NullProgress, rich_progress
+
+    return rich_progress("img") if enabled else nullcontext(NullProgress())
+
+
+def _print_result(result: Any, rank: Any, json_out: bool) -> None:
     if json_out:
         print_json({**_summary(result), "rank": rank.rank} if rank.world_size > 1 else _summary(result))
         return
@@ -96,14 +108,16 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def _pseudolabel_config(base: Any, pixel_threshold: float | None, tta: str | None, confident_fraction: float | None,
-                        mean_confidence: float | None, stability: float | None, batch_size: int | None) -> Any:
+                        mean_confidence: float | None, stability: float | None, batch_size: int | None,
+                        claim_size: int | None = None) -> Any:
     """``[pseudolabel]`` of dataeng.toml with the options given on the command line, validated."""
     from dataeng.config import PseudolabelConfig, with_overrides
 
     accept = {"min_confident_fraction": confident_fraction, "min_mean_confidence": mean_confidence,
               "min_stability": stability}
     return with_overrides(PseudolabelConfig, base, {"pixel_threshold": pixel_threshold, "tta": tta,
-                                                    "batch_size": batch_size, "accept": accept}, "pseudolabel")
+                                                    "batch_size": batch_size, "claim_size": claim_size,
+                                                    "accept": accept}, "pseudolabel")
 
 
 def _summary(result: Any) -> dict[str, Any]:

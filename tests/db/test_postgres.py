@@ -7,6 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -21,6 +22,11 @@ from tests.conftest import random_image
 from tests.pg import PG_PASSWORD, PgServer
 
 runner = CliRunner()
+
+
+def _said(result: Any) -> str:
+    """The command's output as one line (rich may wrap long lines at the console width)."""
+    return " ".join(result.output.split())
 
 
 @pytest.fixture
@@ -48,7 +54,7 @@ def test_init_creates_the_database_and_never_writes_the_password(
     result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--registry", pg_server.url(name)])
     assert result.exit_code == 0, result.output
     assert _database_exists(pg_server, name)
-    assert f"created database postgresql+psycopg://{pg_server.user}:***@" in result.output
+    assert f"created database postgresql+psycopg://{pg_server.user}:***@" in _said(result)
     assert PG_PASSWORD not in result.output
     config = (tmp_path / "ws" / "dataeng.toml").read_text()
     assert PG_PASSWORD not in config
@@ -57,7 +63,7 @@ def test_init_creates_the_database_and_never_writes_the_password(
     # Later commands find no password in the config: without one they say where it must come from...
     result = runner.invoke(app, ["status", "-w", str(tmp_path / "ws")])
     assert result.exit_code == 1
-    line = result.output.strip()
+    line = _said(result)
     assert "registry.url" in line and "$PGPASSWORD or ~/.pgpass" in line and PG_PASSWORD not in line
     # ...and with it from the environment they work, at the schema init made.
     monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
@@ -93,8 +99,8 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path, no_password: Path) 
     url = f"postgresql+psycopg://someone:secret@127.0.0.1:{_free_port()}/nowhere"
     result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--registry", url])
     assert result.exit_code == 1
-    assert "secret" not in result.output and "someone:***@127.0.0.1" in result.output
-    assert re.search(r"connection .*refused|could not connect|Connection refused", result.output)
+    assert "secret" not in result.output and "someone:***@127.0.0.1" in _said(result)
+    assert re.search(r"connection .*refused|could not connect|Connection refused", _said(result))
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -114,7 +120,7 @@ def test_registry_url_in_the_config_is_checked_when_opened(tmp_path: Path) -> No
     ws.config_path.write_text(cfg)
     result = runner.invoke(app, ["status", "-w", str(ws.root)])
     assert result.exit_code == 1
-    assert "field 'registry.url'" in result.output and "oracle://me:***@x/y" in result.output
+    assert "field 'registry.url'" in _said(result) and "oracle://me:***@x/y" in _said(result)
     assert "hunter2" not in result.output
 
 
@@ -131,7 +137,7 @@ def test_doctor_reports_the_connection_and_schema_revision(pg_server: PgServer, 
     with ws.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     result = runner.invoke(app, ["doctor", "-w", str(ws.root)])
-    assert result.exit_code == 1 and "'9999' is newer than this dataeng knows" in result.output
+    assert result.exit_code == 1 and "'9999' is newer than this dataeng knows" in _said(result)
 
 
 def test_store_outside_the_workspace_keeps_registry_paths_relative(tmp_path: Path) -> None:

@@ -138,3 +138,21 @@ def test_skip_locked_lets_a_second_claimer_pass_a_chunk_being_claimed(tmp_path: 
     finally:
         first.rollback()
         first.close()
+
+
+def test_cli_claim_size_is_a_validated_pseudolabel_option(tmp_path: Path, registry_url: str | None) -> None:
+    from typer.testing import CliRunner
+
+    from dataeng.cli import app
+
+    ws, _ = make_workspace(tmp_path, n_train=3, n_val=0, n_test=0, labelled=False, registry=registry_url)
+    add_teacher_run(ws, CONFIDENT)
+    args = ["pseudolabel", "-w", str(ws.root), "--device", "cpu", "--num-workers", "0", "--tta", "none"]
+    bad = CliRunner().invoke(app, [*args, "--claim-size", "0"])
+    assert bad.exit_code == 1 and "pseudolabel.claim_size" in bad.output
+    result = CliRunner().invoke(app, [*args, "--claim-size", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["candidates"] == 3
+    with ws.session() as s:
+        (run,) = s.scalars(select(Run).where(Run.kind == "pseudolabel")).all()
+        assert run.config["claim_size"] == 1 and run.config["worker"] == claims.worker_name()
