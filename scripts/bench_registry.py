@@ -7,7 +7,9 @@ For each backend it measures
    (30 % human, 60 % accepted pseudo-labels, 10 % queued), bulk-loaded (sqlite3 executemany /
    PostgreSQL COPY) and analysed;
 2. ``dataeng ingest`` of ``--ingest`` new 64x64 PNG images (default 2,000) into an empty workspace;
-3. pseudo-labelling throughput of ``--pseudo`` 96x96 images (default 512, ~360 in train) with a
+3. the registry cost of claiming alone: ``--claims`` images (default 20,000), every candidate of a
+   teacher queued, then claimed 16 at a time and released (no model), in milliseconds per chunk;
+4. pseudo-labelling throughput of ``--pseudo`` 96x96 images (default 512, ~360 in train) with a
    tiny constant teacher under ``torchrun --nproc-per-node 1`` and ``2`` on the CPU, each worker
    held to one torch thread (``OMP_NUM_THREADS=1``) and one decode worker (``--num-workers 1``),
    claiming 16 images at a time. The figure is images / (slowest worker's labelling seconds) from
@@ -215,6 +217,35 @@ def pseudolabel_rate(ws: Workspace, images: Path, world: int, env: dict[str, str
             "wall_s": wall, "per_worker": [r.metrics["candidates"] for r in runs]}
 
 
+def claim_overhead(ws: Workspace, chunk: int = 16) -> dict[str, float]:
+    """Registry cost of claiming alone: queue every candidate of a new teacher, then claim ``chunk`` images
+    and release them (the two transactions a worker spends per chunk, without the model) until empty."""
+    from dataeng.db.schema import Run
+    from dataeng.engine.learn import claims
+
+    with ws.session() as s:
+        teacher = Run(kind="train", status="finished")  # a new teacher: the pseudo-labelled images are candidates
+        run = Run(kind="pseudolabel", status="running")
+        s.add_all([teacher, run])
+        s.flush()
+        teacher_id, run_id = teacher.id, run.id
+    session = ws.new_session()
+    try:
+        started = time.perf_counter()
+        queued = claims.enqueue(session, teacher_id)
+        enqueue_s = time.perf_counter() - started
+        started, chunks = time.perf_counter(), 0
+        while ids := claims.claim(session, teacher_id, run_id, chunk, lease_s=60):
+            claims.release(session, teacher_id, ids)
+            session.commit()
+            chunks += 1
+        loop_s = time.perf_counter() - started
+    finally:
+        session.close()
+    return {"queued": queued, "enqueue_s": enqueue_s, "chunks": chunks, "ms_per_chunk": 1000 * loop_s / chunks,
+            "ms_per_image": 1000 * loop_s / queued}
+
+
 # ---------------------------------------------------------------- driver
 def workspace(base: Path, name: str, backend: str, server: Any) -> Workspace:
     root = base / f"{backend}-{name}"
@@ -230,6 +261,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--ingest", type=int, default=2_000)
     parser.add_argument("--pseudo", type=int, default=512)
+    parser.add_argument("--claims", type=int, default=20_000, help="registry size for the claim-overhead measure")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-registry"))
@@ -267,6 +299,13 @@ def main() -> None:
                 row["ingest_added"] = json.loads(out)["added"]
                 print(f"{backend}: ingest of {args.ingest:,} images: {row['ingest_s']:.1f} s "
                       f"({args.ingest / row['ingest_s']:.0f} img/s)", flush=True)
+            if args.claims:
+                ws = workspace(args.dir, "claims", backend, server)
+                fill(ws, args.claims)
+                row["claims"] = claim_overhead(ws)
+                c = row["claims"]
+                print(f"{backend}: claiming {c['queued']:,} queued images 16 at a time: {c['ms_per_chunk']:.2f} ms "
+                      f"per chunk ({c['ms_per_image']:.3f} ms per image; queueing {c['enqueue_s']:.2f} s)", flush=True)
             if args.pseudo:
                 row["pseudolabel"] = []
                 for world in (1, 2):

@@ -82,6 +82,7 @@ print(json.dumps({"candidates": r.candidates, "accepted": r.accepted}))
 """
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # PostgreSQL: tests/test_concurrency_pg.py
 def test_two_worker_processes_share_one_candidate_set(tmp_path: Path, registry_url: str | None) -> None:
     ws, _ = make_workspace(tmp_path, n_train=12, n_val=0, n_test=0, labelled=False, registry=registry_url)
     teacher = add_teacher_run(ws, CONFIDENT)

@@ -244,7 +244,7 @@ _KILLER = textwrap.dedent(
 )
 
 
-@pytest.mark.backends
+# SQLite only: tests/test_concurrency_pg.py kills a torchrun rank on PostgreSQL.
 def test_kill_9_then_rerun_resumes_without_redoing_or_duplicating(tmp_path: Path, registry_url: str | None) -> None:
     ws, _ = make_workspace(tmp_path, n_train=16, n_val=0, n_test=0, labelled=False, registry=registry_url)
     teacher = add_teacher_run(ws, CONFIDENT)
