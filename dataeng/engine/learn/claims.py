@@ -131,6 +131,15 @@ def renew(session: Session, run_id: int, lease_s: float) -> int:
     return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def give_back(session: Session, run_id: int) -> int:
+    """Return every row ``run_id`` still holds to the queue (a worker that stops on an error), and commit."""
+    session.rollback()
+    done = session.execute(update(Claim).where(Claim.run_id == run_id, Claim.state == "claimed")
+                           .values(state="todo", run_id=None, worker=None, expires_at=None))
+    session.commit()
+    return int(done.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def free_dead_local(session: Session, teacher_run_id: int) -> int:
     """Expire at once the claims of processes on this machine that no longer exist (a killed
     worker), instead of waiting for their leases; commits. Returns the rows freed."""

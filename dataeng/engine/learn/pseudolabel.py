@@ -39,7 +39,9 @@ import os
 import shutil
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,7 +297,8 @@ def pseudolabel(
         staging = workspace.run_dir(run.id) / "staging"
         staging.mkdir(parents=True, exist_ok=True)
         progress.task(f"pseudo-labelling (teacher run {resolved.run_id})", left.free + left.held)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudolabel-writer") as writer:
+        with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudolabel-writer") as writer,
+              _giving_back_on_error(session, run.id)):
             while limit is None or claimed < limit:
                 want = config.claim_size if limit is None else min(config.claim_size, limit - claimed)
                 ids = claims.claim(session, resolved.run_id, run.id, want, config.lease_s, shard)
@@ -339,6 +342,17 @@ class Rank:
         if self.world_size > 1 and name in ("auto", "cuda") and str(resolve_device(name)).startswith("cuda"):
             return f"cuda:{self.local_rank}"
         return name
+
+
+@contextmanager
+def _giving_back_on_error(session: Session, run_id: int) -> Iterator[None]:
+    """On an error (not a kill) the chunk this worker holds goes back to the queue at once, for the next
+    worker or the rerun, instead of waiting for its lease."""
+    try:
+        yield
+    except BaseException:
+        claims.give_back(session, run_id)
+        raise
 
 
 def _wait_for_peers(session: Session, teacher_run_id: int, shard: tuple[int, int], lease_s: float) -> bool:

@@ -157,3 +157,22 @@ def test_cli_claim_size_is_a_validated_pseudolabel_option(tmp_path: Path, regist
     with ws.session() as s:
         (run,) = s.scalars(select(Run).where(Run.kind == "pseudolabel")).all()
         assert run.config["claim_size"] == 1 and run.config["worker"] == claims.worker_name()
+
+
+def test_a_worker_that_fails_gives_its_chunk_back_at_once(tmp_path: Path, registry_url: str | None) -> None:
+    ws, _ = make_workspace(tmp_path, n_train=6, n_val=0, n_test=0, labelled=False, registry=registry_url)
+    teacher = add_teacher_run(ws, CONFIDENT)
+
+    class Boom:
+        def task(self, description: str, total: int) -> None:
+            pass
+
+        def advance(self, n: int = 1, **fields: object) -> None:
+            raise RuntimeError("disk full")
+
+    with ws.session() as s, pytest.raises(RuntimeError, match="disk full"):
+        pseudolabel(ws, s, config=PseudolabelConfig(batch_size=2, claim_size=4), device="cpu", num_workers=0,
+                    progress=Boom())
+    with ws.session() as s:
+        assert claims.backlog(s, teacher) == claims.Backlog(free=6, held=0, next_expiry_s=None)
+        assert s.scalars(select(Run.status).where(Run.kind == "pseudolabel")).all() == ["failed"]
