@@ -14,6 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export QT_QPA_PLATFORM=offscreen COLUMNS="${COLUMNS:-160}"
+# PyTorch's compute threads leave one core to the data-loading worker: on a 2-core machine, two
+# spinning OpenMP threads beside it (or beside any other job) slowed training 5 to 30 times.
+cores="$(nproc 2>/dev/null || echo 2)"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores > 2 ? cores - 1 : 1 ))}"
 DEMO="${DEMO_DIR:-demo}"
 DATA="${DEMO_DATA:-}"
 TEACHER="${DEMO_TEACHER:-}"
