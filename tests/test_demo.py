@@ -28,7 +28,7 @@ def test_the_demo_learns_and_its_rounds_do_not_make_it_worse(tmp_path: Path) -> 
     env = {**os.environ, "DEMO_DIR": str(demo), "DEMO_LABELLED": "60", "DEMO_UNLABELLED": "240",
            "DEMO_TEACHER_BUDGET": "3000", "DEMO_BUDGET": "1500", "DEMO_ROUNDS": "1", "COLUMNS": "160"}
     done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((demo / "summary.json").read_text(encoding="utf-8"))
 
