@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataeng.annotation.masks import ALPHA_MAX
 from dataeng.storage import atomic_write
 
 GAP = 6
@@ -33,7 +34,7 @@ def checkerboard(height: int, width: int, cell: int = 8) -> np.ndarray:
 
 def over_checkerboard(rgba: np.ndarray) -> np.ndarray:
     """An RGBA cutout (H, W, 4) composited over :func:`checkerboard`, RGB uint8."""
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    alpha = rgba[..., 3:4].astype(np.float32) / ALPHA_MAX
     board = checkerboard(*rgba.shape[:2]).astype(np.float32)
     return np.rint(alpha * rgba[..., :3] + (1.0 - alpha) * board).astype(np.uint8)
 
