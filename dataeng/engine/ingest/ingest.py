@@ -36,7 +36,7 @@ from dataeng.engine.ingest.annotations import (
     record_problems,
     register_labels,
 )
-from dataeng.engine.ingest.dedup import find_near, pairwise_near, signed_chunks
+from dataeng.engine.ingest.dedup import find_near_many, pairwise_near, signed_chunks
 from dataeng.engine.ingest.inspect_image import IMAGE_EXTENSIONS, Inspected, Refused, inspect_image
 from dataeng.engine.ingest.pool import process_pool
 from dataeng.engine.ingest.split import split_for
@@ -327,13 +327,15 @@ def _register_chunk(
         return
 
     earlier = pairwise_near([r.phash for r in fresh], radius)
+    nearest = [near[0][2] if near else None for near in find_near_many(session, [r.phash for r in fresh], radius)]
+    roots = {g for g in nearest if g is not None}
+    split_of = dict(session.execute(select(Image.id, Image.split).where(Image.id.in_(roots))).tuples().all()) \
+        if roots else {}
     group_of: list[_Group] = []
     for i, r in enumerate(fresh):
-        near = find_near(session, r.phash, radius)
-        if near:
-            group_id = near[0][2]
-            split = session.execute(select(Image.split).where(Image.id == group_id)).scalar_one()
-            group_of.append(_Group(split, registered_id=group_id))
+        group_id = nearest[i]
+        if group_id is not None:
+            group_of.append(_Group(split_of[group_id], registered_id=group_id))
             summary.near_duplicates += 1
         elif earlier[i]:
             group_of.append(group_of[earlier[i][0]])
