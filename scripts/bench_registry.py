@@ -204,9 +204,9 @@ def pseudolabel_rate(ws: Workspace, images: Path, world: int, env: dict[str, str
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", str(world), "-m", "dataeng", "pseudolabel", "-w",
            str(ws.root), "--teacher", str(teacher), "--device", "cpu", "--num-workers", "1", "--batch-size", "8",
            "--claim-size", "16", "--json"]
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _children_cpu_s() - cpu_before
     if proc.returncode != 0:
         raise SystemExit(f"pseudolabel x{world} failed: {proc.stderr[-3000:]}")
     with ws.session() as s:
@@ -214,7 +214,17 @@ def pseudolabel_rate(ws: Workspace, images: Path, world: int, env: dict[str, str
     labelled = sum(r.metrics["candidates"] for r in runs)
     slowest = max(r.metrics["seconds"] for r in runs)
     return {"workers": world, "images": labelled, "seconds": slowest, "images_per_s": labelled / slowest,
-            "wall_s": wall, "per_worker": [r.metrics["candidates"] for r in runs]}
+            "wall_s": wall, "cpu_s": cpu, "cores_busy": cpu / wall,
+            "per_worker": [r.metrics["candidates"] for r in runs]}
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of every finished child process and its waited-for descendants (the torchrun, its ranks,
+    their decode workers): divided by the wall time, how many cores a run kept busy."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def claim_overhead(ws: Workspace, chunk: int = 16) -> dict[str, float]:
@@ -313,7 +323,8 @@ def main() -> None:
                     rate = pseudolabel_rate(ws, pseudo_src, world, env)
                     row["pseudolabel"].append(rate)
                     print(f"{backend}: pseudolabel x{world}: {rate['images_per_s']:.1f} img/s "
-                          f"({rate['images']} images, per worker {rate['per_worker']}, wall {rate['wall_s']:.1f} s)",
+                          f"({rate['images']} images, per worker {rate['per_worker']}, wall {rate['wall_s']:.1f} s, "
+                          f"{rate['cores_busy']:.2f} cores busy over the whole torchrun)",
                           flush=True)
                 one, two = (r["images_per_s"] for r in row["pseudolabel"])
                 row["pseudolabel_ratio"] = two / one
