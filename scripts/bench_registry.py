@@ -184,7 +184,8 @@ def save_teacher(path: Path) -> Path:
     return path
 
 
-def pseudolabel_rate(ws: Workspace, images: Path, world: int, env: dict[str, str]) -> dict[str, float]:
+def pseudolabel_rate(ws: Workspace, images: Path, world: int, env: dict[str, str], claim_size: int = 16
+                     ) -> dict[str, float]:
     from sqlalchemy import select
 
     from dataeng.db.schema import Run
@@ -203,7 +204,7 @@ def pseudolabel_rate(ws: Workspace, images: Path, world: int, env: dict[str, str
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", str(world), "-m", "dataeng", "pseudolabel", "-w",
            str(ws.root), "--teacher", str(teacher), "--device", "cpu", "--num-workers", "1", "--batch-size", "8",
-           "--claim-size", "16", "--json"]
+           "--claim-size", str(claim_size), "--json"]
     started, cpu_before = time.perf_counter(), _children_cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
     wall, cpu = time.perf_counter() - started, _children_cpu_s() - cpu_before
@@ -271,6 +272,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--ingest", type=int, default=2_000)
     parser.add_argument("--pseudo", type=int, default=512)
+    parser.add_argument("--claim-size", type=int, default=16, help="images a pseudolabel worker claims at a time")
     parser.add_argument("--claims", type=int, default=20_000, help="registry size for the claim-overhead measure")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgresql")
@@ -320,7 +322,7 @@ def main() -> None:
                 row["pseudolabel"] = []
                 for world in (1, 2):
                     ws = workspace(args.dir, f"pseudo{world}", backend, server)
-                    rate = pseudolabel_rate(ws, pseudo_src, world, env)
+                    rate = pseudolabel_rate(ws, pseudo_src, world, env, args.claim_size)
                     row["pseudolabel"].append(rate)
                     print(f"{backend}: pseudolabel x{world}: {rate['images_per_s']:.1f} img/s "
                           f"({rate['images']} images, per worker {rate['per_worker']}, wall {rate['wall_s']:.1f} s, "
