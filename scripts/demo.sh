@@ -14,8 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export QT_QPA_PLATFORM=offscreen COLUMNS="${COLUMNS:-160}"
-# PyTorch's compute threads leave one core to the data-loading worker: on a 2-core machine, two
-# spinning OpenMP threads beside it (or beside any other job) slowed training 5 to 30 times.
+# PyTorch's compute threads leave one core to the data-loading worker: on a 2-core machine shared with
+# any other job, two spinning OpenMP threads slowed training 5 to 30 times (on a quiet one they are 1.4x
+# faster: set OMP_NUM_THREADS=2 there; docs/BENCHMARKS.md, "Train").
 cores="$(nproc 2>/dev/null || echo 2)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores > 2 ? cores - 1 : 1 ))}"
 DEMO="${DEMO_DIR:-demo}"
