@@ -134,11 +134,10 @@ def find_near_many(session: Session, hashes: Sequence[int], radius: int) -> list
         mine: list[list[tuple[int, int, int]]] = [[] for _ in part]
         if rows:
             stored = np.array([to_unsigned(r[1]) for r in rows], dtype=np.uint64)
-            within = np.bitwise_count(np.array(part, dtype=np.uint64)[:, None] ^ stored[None, :]) <= radius
-            for k, j in zip(*np.nonzero(within), strict=True):
-                image_id, phash_, group_id = rows[j]
-                mine[k].append((hamming(part[k], to_unsigned(phash_)), image_id,
-                                group_id if group_id is not None else image_id))
+            distance = np.bitwise_count(np.array(part, dtype=np.uint64)[:, None] ^ stored[None, :])
+            for k, j in zip(*np.nonzero(distance <= radius), strict=True):
+                image_id, _, group_id = rows[j]
+                mine[k].append((int(distance[k, j]), image_id, group_id if group_id is not None else image_id))
         found += [sorted(m) for m in mine]
     return found
 
