@@ -123,8 +123,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
                       state.get("scaler"), state.get("rng"))
 
 
-def check_compatible(ckpt: Checkpoint, arch: str, encoder: str, classes: list[str]) -> None:
-    """Refuse a checkpoint made for another architecture, encoder or class list.
+def check_compatible(ckpt: Checkpoint, arch: str, encoder: str, classes: list[str],
+                     encoder_depth: int | None = None) -> None:
+    """Refuse a checkpoint made for another architecture, encoder, class list or (when given) encoder depth.
 
     Raises:
         ModelError: naming the field and both values.
@@ -134,6 +135,10 @@ def check_compatible(ckpt: Checkpoint, arch: str, encoder: str, classes: list[st
         if (list(have) if field == "classes" else have) != want:
             raise ModelError(f"checkpoint was trained with {field}={have!r}, this run needs {want!r}",
                              path=ckpt.path, field=field, value=have)
+    depth = int(ckpt.meta.get("encoder_depth", 5))
+    if encoder_depth is not None and depth != encoder_depth:
+        raise ModelError(f"checkpoint was trained with encoder_depth={depth}, this run needs {encoder_depth}",
+                         path=ckpt.path, field="encoder_depth", value=depth)
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> torch.nn.Module:

@@ -166,11 +166,7 @@ def init_checkpoint(workspace: Workspace, session: Session, options: TrainOption
         raise ModelError("no finished train run with this id to start from", field="init_run",
                          value=options.init_run)
     ckpt = load_checkpoint(workspace.root / run.checkpoint_path)
-    check_compatible(ckpt, options.arch, options.encoder, classes)
-    depth = int(ckpt.meta.get("encoder_depth", 5))
-    if depth != options.encoder_depth:
-        raise ModelError(f"checkpoint was trained with encoder_depth={depth}, this run needs {options.encoder_depth}",
-                         path=ckpt.path, field="encoder_depth", value=depth)
+    check_compatible(ckpt, options.arch, options.encoder, classes, options.encoder_depth)
     return ckpt
 
 
